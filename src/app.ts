@@ -1,0 +1,216 @@
+import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { Redis } from 'ioredis';
+import { JwtVerifier } from './auth/jwt.js';
+import { compileConfig, type CompiledConfig } from './config/compile.js';
+import { trustedProxyList } from './config/env.js';
+import type { GatewayConfig } from './config/load.js';
+import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
+import { AccessLog } from './observability/access-log.js';
+import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
+import type { Logger } from './observability/logger.js';
+import { authenticate, type StageResult } from './pipeline/authenticate.js';
+import { authorize } from './pipeline/authorize.js';
+import { ClientAddress } from './pipeline/client-address.js';
+import { Exchange } from './pipeline/exchange.js';
+import { forward } from './pipeline/forward.js';
+import { normalizePath } from './pipeline/normalize-path.js';
+import { requestIdFrom } from './pipeline/request-id.js';
+import { upstreamRequestHeaders } from './pipeline/transform.js';
+import { UpstreamPools } from './upstream/pools.js';
+import { VERSION } from './version.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    gw: Exchange;
+  }
+}
+
+export interface Gateway {
+  readonly app: FastifyInstance;
+  readonly health: HealthMonitor;
+  /** Readiness turns false, new connections are refused, in-flight requests finish. */
+  close(): Promise<void>;
+  isShuttingDown(): boolean;
+}
+
+export interface GatewayOptions {
+  logger: Logger;
+}
+
+export async function buildGateway(config: GatewayConfig, { logger }: GatewayOptions): Promise<Gateway> {
+  const { env } = config;
+  const pools = new UpstreamPools();
+  const compiled: CompiledConfig = compileConfig(config.routes, env, pools);
+  const verifier = new JwtVerifier({ secret: env.JWT_SECRET, maxLifetimeSeconds: env.JWT_EXPIRES_IN, clockSkewSeconds: 30 });
+  const addresses = new ClientAddress(env.TRUSTED_PROXIES.length > 0 ? trustedProxyList(env.TRUSTED_PROXIES) : null);
+  const accessLog = new AccessLog(logger, env.LOG_SLOW_REQUEST_MS);
+  const tls = Boolean(env.TLS_CERT_FILE);
+  let shuttingDown = false;
+
+  const redis = env.REDIS_URL
+    ? new Redis(env.REDIS_URL, {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        commandTimeout: 500,
+        connectTimeout: 1_000,
+        retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+      })
+    : null;
+  if (redis) {
+    redis.on('error', (err: Error) => logger.debug({ err: { message: err.message } }, 'redis connection error'));
+    redis.connect().catch(() => {
+      // retried by the client's own strategy; /health reports it meanwhile
+    });
+  }
+
+  const health = new HealthMonitor({
+    version: VERSION,
+    authServiceUrl: env.AUTH_SERVICE_URL,
+    redisPing: redis ? () => redis.ping() : null,
+    cacheMs: env.HEALTH_CACHE_MS,
+    eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
+    memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
+    isShuttingDown: () => shuttingDown,
+  });
+
+  const app = Fastify({
+    logger: false,
+    requestIdHeader: false,
+    genReqId: (req) => requestIdFrom(req.headers['x-request-id']),
+    return503OnClosing: false,
+    forceCloseConnections: 'idle',
+    keepAliveTimeout: env.KEEP_ALIVE_TIMEOUT_MS,
+    requestTimeout: env.CLIENT_REQUEST_TIMEOUT_MS,
+    bodyLimit: env.MAX_BODY_BYTES,
+    http: { maxHeaderSize: env.MAX_HEADER_BYTES },
+    ...(tls ? { https: { cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' as const } } : {}),
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
+  });
+  app.server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
+
+  // Bodies are streamed to the upstream untouched: nothing is parsed or buffered here.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_req, _payload, done) => done(null));
+
+  app.decorateRequest('gw', null as unknown as Exchange);
+
+  // request id -> exchange; the shutting-down gate
+  app.addHook('onRequest', (request, reply, done) => {
+    const raw = request.raw;
+    const peer = addresses.peer(raw.socket.remoteAddress);
+    const trusted = addresses.isTrusted(peer);
+    request.gw = new Exchange(request.id, performance.now(), peer, trusted, trusted ? addresses.clientIp(peer, raw.headers['x-forwarded-for']) : peer);
+    if (shuttingDown) {
+      reject(reply, request.gw, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
+      return;
+    }
+    done();
+  });
+
+  // on the way out
+  app.addHook('onResponse', (request, reply, done) => {
+    accessLog.write(request.gw, request.raw, reply.raw, request.gw.route === null && request.url.startsWith('/health'));
+    done();
+  });
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
+    const ex = request.gw;
+    const status = err.statusCode ?? 500;
+    if (status >= 500) logger.error({ err, request_id: ex?.id }, 'unhandled error');
+    const code: ErrorCode = status === 400 ? 'GW_BAD_REQUEST' : status === 413 ? 'GW_BODY_TOO_LARGE' : status === 404 ? 'GW_ROUTE_NOT_FOUND' : 'GW_INTERNAL';
+    reject(reply, ex, code, code === 'GW_INTERNAL' ? 'the gateway failed to handle the request' : 'the request could not be processed');
+  });
+
+  const report = async (reply: FastifyReply, ready: boolean) => {
+    const result = await health.report();
+    const ok = ready ? !shuttingDown && result.status !== 'unhealthy' : result.status !== 'unhealthy';
+    return reply.code(ok ? 200 : 503).header('cache-control', 'no-store').send(result);
+  };
+  app.get('/health', (_req, reply) => report(reply, false));
+  app.get('/health/ready', (_req, reply) => report(reply, true));
+  app.get('/health/live', (_req, reply) => {
+    reply.header('cache-control', 'no-store').send({ status: 'alive', service: 'api-gateway', version: VERSION });
+  });
+
+  /**
+   * The request path, in order: canonical path -> route match -> authenticate -> authorize ->
+   * transform -> forward. Each stage answers with the one error shape or lets the request on.
+   */
+  const proxy = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const ex = request.gw;
+    const raw = request.raw;
+    const url = raw.url!;
+    const q = url.indexOf('?');
+    const path = normalizePath(q === -1 ? url : url.slice(0, q));
+    if (path === null) return reject(reply, ex, 'GW_BAD_PATH', 'the request path is not a valid absolute path');
+    ex.path = path;
+    ex.query = q === -1 ? '' : url.slice(q + 1);
+
+    const match = compiled.router.match(raw.method!, path, raw.headers);
+    if (match.kind === 'not-found') return reject(reply, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path');
+    if (match.kind === 'method-not-allowed') {
+      return reject(reply, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
+    }
+    const route = match.route;
+    ex.route = route;
+    ex.params = match.params;
+
+    let verdict: StageResult = await authenticate(ex, raw.headers.authorization, verifier);
+    if (verdict === null) verdict = authorize(ex);
+    if (verdict !== null) return reject(reply, ex, verdict.code, verdict.detail, verdict.headers);
+
+    const headers = upstreamRequestHeaders(ex, raw.headers, tls, route.preserveHost);
+    reply.hijack();
+    forward(ex, route, raw, reply.raw, headers, onForwarded);
+  };
+  const onForwarded = (ex: Exchange, err: Error | null) => {
+    if (err !== null && ex.errorCode !== null) {
+      logger.warn({ request_id: ex.id, route: ex.route?.name, upstream: ex.upstreamOrigin, error_code: ex.errorCode, cause: (err as NodeJS.ErrnoException).code }, 'upstream request failed');
+    }
+  };
+  app.all('/*', proxy);
+  app.setNotFoundHandler(proxy);
+
+  await app.ready();
+
+  return {
+    app,
+    health,
+    isShuttingDown: () => shuttingDown,
+    async close() {
+      if (shuttingDown) return;
+      shuttingDown = true;
+      await app.close();
+      await pools.close();
+      health.stop();
+      redis?.disconnect();
+    },
+  };
+}
+
+function reject(reply: FastifyReply, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
+  ex.errorCode = code;
+  reply.hijack();
+  writeProblem(reply.raw, code, ex.id, detail, headers);
+}
+
+function answerClientError(err: NodeJS.ErrnoException, socket: Socket, logger: Logger): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const code: ErrorCode =
+    err.code === 'HPE_HEADER_OVERFLOW' ? 'GW_HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'GW_REQUEST_TIMEOUT' : 'GW_BAD_REQUEST';
+  const id = requestIdFrom(undefined);
+  const detail =
+    code === 'GW_HEADERS_TOO_LARGE' ? 'the request line and headers are too large' : code === 'GW_REQUEST_TIMEOUT' ? 'the request was not received in time' : 'the request is not valid HTTP/1.1';
+  const body = JSON.stringify(problem(code, id, detail));
+  const { status, title } = ERRORS[code];
+  logger.info({ request_id: id, error_code: code, cause: err.code, ip_address: socket.remoteAddress }, 'rejected malformed request');
+  socket.end(
+    `HTTP/1.1 ${status} ${title}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-ID: ${id}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}

@@ -1,0 +1,92 @@
+import { errors, jwtVerify, type JWTPayload } from 'jose';
+import type { Identity } from './identity.js';
+import { isRole } from './roles.js';
+
+export type AuthFailure =
+  | 'GW_AUTH_TOKEN_MISSING'
+  | 'GW_AUTH_TOKEN_MALFORMED'
+  | 'GW_AUTH_TOKEN_INVALID'
+  | 'GW_AUTH_TOKEN_EXPIRED'
+  | 'GW_AUTH_TOKEN_NOT_YET_VALID'
+  | 'GW_AUTH_CLAIMS_INVALID';
+
+export type VerifyResult = { ok: true; identity: Identity } | { ok: false; reason: AuthFailure; detail: string };
+
+export interface JwtVerifierOptions {
+  secret: string;
+  maxLifetimeSeconds: number;
+  clockSkewSeconds: number;
+}
+
+const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
+
+/**
+ * HS256 with the shared JWT_SECRET, as the spec's token validation describes. The algorithm is
+ * pinned, so `none` and algorithm-confusion tokens fail by construction; exp is required, and a
+ * token that claims a longer life than JWT_EXPIRES_IN (the HIPAA cap) is refused.
+ */
+export class JwtVerifier {
+  private readonly key: Uint8Array;
+
+  constructor(private readonly options: JwtVerifierOptions) {
+    this.key = new TextEncoder().encode(options.secret);
+  }
+
+  async verify(authorization: string | undefined): Promise<VerifyResult> {
+    if (authorization === undefined || authorization === '') {
+      return { ok: false, reason: 'GW_AUTH_TOKEN_MISSING', detail: 'send Authorization: Bearer <token>' };
+    }
+    const m = BEARER.exec(authorization);
+    if (m === null) {
+      return { ok: false, reason: 'GW_AUTH_TOKEN_MALFORMED', detail: 'the Authorization header is not a Bearer JWT' };
+    }
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(m[1]!, this.key, {
+        algorithms: ['HS256'],
+        requiredClaims: ['exp', 'sub'],
+        clockTolerance: this.options.clockSkewSeconds,
+      }));
+    } catch (err) {
+      return mapJoseError(err);
+    }
+    const exp = payload.exp!;
+    const role = payload.role;
+    if (!isRole(role)) {
+      return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token carries no known healthcare role' };
+    }
+    if (typeof payload.iat === 'number' && exp - payload.iat > this.options.maxLifetimeSeconds) {
+      return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token lives longer than the allowed maximum' };
+    }
+    if (typeof payload.iat !== 'number' && exp - Date.now() / 1000 > this.options.maxLifetimeSeconds + this.options.clockSkewSeconds) {
+      return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token lives longer than the allowed maximum' };
+    }
+    const level = payload.phi_access_level;
+    return {
+      ok: true,
+      identity: {
+        userId: payload.sub!,
+        role,
+        phiAccessLevel: typeof level === 'string' && /^[a-z_]{1,32}$/.test(level) ? level : 'none',
+        tokenId: typeof payload.jti === 'string' ? payload.jti : null,
+        expiresAt: exp,
+      },
+    };
+  }
+}
+
+function mapJoseError(err: unknown): VerifyResult {
+  if (err instanceof errors.JWTExpired) {
+    return { ok: false, reason: 'GW_AUTH_TOKEN_EXPIRED', detail: 'the token has expired' };
+  }
+  if (err instanceof errors.JWTClaimValidationFailed) {
+    if (err.claim === 'nbf' || err.claim === 'iat') {
+      return { ok: false, reason: 'GW_AUTH_TOKEN_NOT_YET_VALID', detail: 'the token is not valid yet' };
+    }
+    return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: `the token's ${err.claim} claim is missing or invalid` };
+  }
+  if (err instanceof errors.JWSSignatureVerificationFailed || err instanceof errors.JOSEAlgNotAllowed) {
+    return { ok: false, reason: 'GW_AUTH_TOKEN_INVALID', detail: 'the token signature or algorithm is not accepted' };
+  }
+  return { ok: false, reason: 'GW_AUTH_TOKEN_MALFORMED', detail: 'the token cannot be decoded' };
+}

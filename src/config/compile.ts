@@ -1,0 +1,105 @@
+import type { Pool } from 'undici';
+import type { Role } from '../auth/roles.js';
+import type { Env } from './env.js';
+import type { RouteConfig, RoutesFile } from './routes-schema.js';
+import { Router } from '../pipeline/route-match.js';
+import type { UpstreamPools } from '../upstream/pools.js';
+
+const DEFAULT_TIMEOUT_MS = 15_000;
+const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
+const MIN_BODY_IDLE_MS = 30_000;
+
+export interface CompiledService {
+  readonly name: string;
+  readonly origins: readonly string[];
+  readonly healthPath: string;
+  /** Round-robin cursor shared by every route of the service. */
+  cursor: number;
+}
+
+export interface CompiledRoute {
+  readonly name: string;
+  /** The route as declared (`/api/v1/patients/:id`, `/api/v1/files/*`): the metrics and log label. */
+  readonly template: string;
+  readonly match: { readonly kind: 'exact' | 'prefix' | 'pattern'; readonly path: string };
+  readonly methods: ReadonlySet<string> | null;
+  readonly headers: ReadonlyArray<readonly [string, string]> | null;
+  readonly service: CompiledService;
+  /** One pool per service instance, in the service's order, with this route's connect timeout. */
+  readonly upstreams: readonly Pool[];
+  readonly rewrite: (path: string, params: Record<string, string> | null) => string;
+  readonly auth: 'required' | 'public';
+  readonly roles: ReadonlySet<Role> | null;
+  readonly timeoutMs: number;
+  readonly bodyIdleTimeoutMs: number;
+  readonly maxBodyBytes: number;
+  readonly rateLimitPerMinute: number;
+  readonly phi: boolean;
+  readonly preserveHost: boolean;
+}
+
+export interface CompiledConfig {
+  readonly router: Router;
+  readonly routes: readonly CompiledRoute[];
+  readonly services: ReadonlyMap<string, CompiledService>;
+}
+
+function compileRewrite(route: RouteConfig): CompiledRoute['rewrite'] {
+  const target = route.rewrite;
+  if (target === undefined) return (path) => path;
+  if (route.path !== undefined) return () => target;
+  if (route.pattern !== undefined) {
+    // Each segment is literal text or the name of a captured parameter.
+    const parts = target.split('/').map((seg): [isParam: boolean, value: string] => (seg.startsWith(':') ? [true, seg.slice(1)] : [false, seg]));
+    return (_path, params) => parts.map(([isParam, value]) => (isParam ? params![value]! : value)).join('/');
+  }
+  const prefix = route.prefix!;
+  const base = target.endsWith('/') ? target.slice(0, -1) : target;
+  return (path) => {
+    const rest = path.slice(prefix.length);
+    if (rest === '') return target;
+    return rest.startsWith('/') ? base + rest : `${base}/${rest}`;
+  };
+}
+
+export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools): CompiledConfig {
+  const services = new Map<string, CompiledService>();
+  for (const [name, svc] of Object.entries(file.services)) {
+    services.set(name, Object.seal({ name, origins: Object.freeze([...svc.instances]), healthPath: svc.healthPath, cursor: 0 }));
+  }
+
+  const routes = file.routes.map((route): CompiledRoute => {
+    const svcConfig = file.services[route.service]!;
+    const service = services.get(route.service)!;
+    const connectTimeoutMs = route.connectTimeoutMs ?? svcConfig.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const timeoutMs = route.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const kind = route.path !== undefined ? 'exact' : route.pattern !== undefined ? 'pattern' : 'prefix';
+    const matchPath = route.path ?? route.pattern ?? route.prefix!;
+    let methods: Set<string> | null = null;
+    if (route.methods) {
+      methods = new Set(route.methods);
+      // HEAD is GET without the body; a route that serves GET serves HEAD.
+      if (methods.has('GET')) methods.add('HEAD');
+    }
+    return Object.freeze({
+      name: route.name,
+      template: kind === 'prefix' ? `${matchPath.replace(/\/$/, '')}/*` : matchPath,
+      match: Object.freeze({ kind, path: matchPath }),
+      methods,
+      headers: route.headers ? Object.entries(route.headers).map(([k, v]) => [k.toLowerCase(), v] as const) : null,
+      service,
+      upstreams: service.origins.map((origin) => pools.get(origin, { connectTimeoutMs, maxConnections: svcConfig.maxConnections })),
+      rewrite: compileRewrite(route),
+      auth: route.auth,
+      roles: route.roles ? new Set(route.roles) : null,
+      timeoutMs,
+      bodyIdleTimeoutMs: Math.max(timeoutMs, MIN_BODY_IDLE_MS),
+      maxBodyBytes: route.maxBodyBytes ?? env.MAX_BODY_BYTES,
+      rateLimitPerMinute: route.rateLimit?.perMinute ?? env.RATE_LIMIT_PER_MINUTE,
+      phi: route.phi,
+      preserveHost: route.preserveHost,
+    });
+  });
+
+  return Object.freeze({ router: new Router(routes), routes: Object.freeze(routes), services });
+}

@@ -1,0 +1,142 @@
+import { BlockList, isIP } from 'node:net';
+import { z } from 'zod';
+
+const LOG_LEVELS = { DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error', SILENT: 'silent' } as const;
+
+const int = (min: number, max: number, hint: string) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, `must be a whole number (${hint})`)
+    .transform(Number)
+    .pipe(z.number().int().min(min, `must be at least ${min} (${hint})`).max(max, `must be at most ${max} (${hint})`));
+
+const bool = z
+  .string()
+  .trim()
+  .toLowerCase()
+  .refine((v) => ['true', 'false', '1', '0', 'yes', 'no'].includes(v), 'must be true or false')
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+
+const httpUrl = (hint: string) =>
+  z
+    .string()
+    .trim()
+    .refine((v) => {
+      try {
+        const u = new URL(v);
+        return u.protocol === 'http:' || u.protocol === 'https:';
+      } catch {
+        return false;
+      }
+    }, `must be an http(s) URL such as ${hint}`)
+    .transform((v) => v.replace(/\/+$/, ''));
+
+const origins = z
+  .string()
+  .trim()
+  .transform((v) => v.split(',').map((o) => o.trim()).filter(Boolean))
+  .refine(
+    (list) => list.length > 0 && list.every((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o)),
+    'must be * or a comma-separated list of origins such as https://app.healthcare.com (scheme and host, no path)',
+  );
+
+const cidrs = z
+  .string()
+  .trim()
+  .transform((v) => v.split(',').map((c) => c.trim()).filter(Boolean))
+  .refine(
+    (list) =>
+      list.every((c) => {
+        const [ip, bits, extra] = c.split('/');
+        if (extra !== undefined || !ip || !isIP(ip)) return false;
+        if (bits === undefined) return true;
+        const max = isIP(ip) === 4 ? 32 : 128;
+        return /^\d+$/.test(bits) && Number(bits) <= max;
+      }),
+    'must be a comma-separated list of IP addresses or CIDR ranges such as 10.0.0.0/8,127.0.0.1',
+  );
+
+export const envSchema = z
+  .object({
+    NODE_ENV: z.string().trim().default('development'),
+    PORT: int(1, 65535, 'the port to listen on, default 8090').default(8090),
+    HOST: z.string().trim().min(1).default('0.0.0.0'),
+    AUTH_SERVICE_URL: httpUrl('http://auth-rbac:8080').default('http://auth-rbac:8080'),
+    AUDIT_SERVICE_URL: httpUrl('http://audit-logging:8084').default('http://audit-logging:8084'),
+    REDIS_URL: z
+      .string()
+      .trim()
+      .refine((v) => /^rediss?:\/\/.+/.test(v), 'must be a redis:// or rediss:// URL such as redis://redis:6379')
+      .optional(),
+    ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
+    JWT_SECRET: z
+      .string({ error: 'is required: set it from your secret manager (at least 32 bytes)' })
+      .refine((v) => Buffer.byteLength(v) >= 32, 'is too short: use at least 32 bytes from your secret manager'),
+    JWT_EXPIRES_IN: int(1, 7200, 'seconds; HIPAA caps PHI access tokens at 7200').default(7200),
+    RATE_LIMIT_PER_MINUTE: int(1, 1_000_000, 'requests per minute per user').default(100),
+    CORS_ALLOWED_ORIGINS: origins.default(['*']),
+    LOG_LEVEL: z
+      .string()
+      .trim()
+      .toUpperCase()
+      .refine((v) => v in LOG_LEVELS, 'must be one of DEBUG, INFO, WARN, ERROR, SILENT')
+      .transform((v) => LOG_LEVELS[v as keyof typeof LOG_LEVELS])
+      .default('info'),
+    ENABLE_METRICS: bool.default(true),
+    TLS_CERT_FILE: z.string().trim().min(1).optional(),
+    TLS_KEY_FILE: z.string().trim().min(1).optional(),
+    TRUSTED_PROXIES: cidrs.default([]),
+    MAX_BODY_BYTES: int(0, 2 ** 40, 'bytes; per-route maxBodyBytes overrides it').default(10 * 1024 * 1024),
+    MAX_HEADER_BYTES: int(1024, 1024 * 1024, 'bytes for the request line and all headers').default(16 * 1024),
+    CLIENT_HEADERS_TIMEOUT_MS: int(100, 600_000, 'milliseconds a client has to send its headers').default(10_000),
+    CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000, 'milliseconds a client has to send its whole request, 0 = none').default(300_000),
+    KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000, 'milliseconds an idle client connection stays open').default(65_000),
+    SHUTDOWN_TIMEOUT_MS: int(0, 600_000, 'milliseconds in-flight requests get to finish on SIGTERM').default(25_000),
+    LOG_SLOW_REQUEST_MS: int(1, 600_000, 'milliseconds above which a request is logged at WARN').default(500),
+    HEALTH_CACHE_MS: int(0, 60_000, 'milliseconds a health result is reused').default(2_000),
+    HEALTH_EVENT_LOOP_THRESHOLD_MS: int(1, 60_000, 'event-loop delay p99 above which the gateway reports degraded').default(100),
+    MEMORY_LIMIT_MB: int(0, 1_048_576, 'MiB; 0 = the container limit, else the V8 heap limit').default(0),
+  })
+  .superRefine((env, ctx) => {
+    if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [env.TLS_CERT_FILE ? 'TLS_KEY_FILE' : 'TLS_CERT_FILE'],
+        message: 'must be set together with the other TLS file (TLS_CERT_FILE and TLS_KEY_FILE)',
+      });
+    }
+  });
+
+export type Env = z.output<typeof envSchema>;
+
+/** Variables that hold secrets: their values never appear in an error message. */
+const SECRET_VARS = new Set(['JWT_SECRET', 'REDIS_URL']);
+
+export function parseEnv(source: NodeJS.ProcessEnv): { env: Env } | { errors: string[] } {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(envSchema.shape)) {
+    const value = source[key];
+    if (value !== undefined && value !== '') input[key] = value;
+  }
+  const result = envSchema.safeParse(input);
+  if (result.success) return { env: result.data };
+  return {
+    errors: result.error.issues.map((issue) => {
+      const name = String(issue.path[0] ?? 'environment');
+      const shown = SECRET_VARS.has(name) || input[name] === undefined ? '' : ` (got "${input[name]}")`;
+      return `${name}: ${issue.message}${shown}`;
+    }),
+  };
+}
+
+export function trustedProxyList(cidrList: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const entry of cidrList) {
+    const [ip, bits] = entry.split('/') as [string, string | undefined];
+    const type = isIP(ip) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) list.addAddress(ip, type);
+    else list.addSubnet(ip, Number(bits), type);
+  }
+  return list;
+}

@@ -1,0 +1,108 @@
+import { readFile } from 'node:fs/promises';
+import { parseDocument } from 'yaml';
+import type { z } from 'zod';
+import { parseEnv, type Env } from './env.js';
+import { routesFileSchema, type RoutesFile } from './routes-schema.js';
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface GatewayConfig {
+  env: Env;
+  routes: RoutesFile;
+  routesFile: string;
+}
+
+/** `routes[2].service` from a zod issue path. */
+export function formatPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const part of path) {
+    if (typeof part === 'number') out += `[${part}]`;
+    else out += out ? `.${String(part)}` : String(part);
+  }
+  return out || '(file)';
+}
+
+function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  return issues.map((issue) => {
+    if (issue.code === 'unrecognized_keys') {
+      return `${formatPath(issue.path)}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (check the spelling against the README's routes-file reference)`;
+    }
+    if (issue.code === 'invalid_type' && issue.input === undefined) {
+      return `${formatPath(issue.path)}: is required`;
+    }
+    return `${formatPath(issue.path)}: ${issue.message}`;
+  });
+}
+
+const VARIABLE = /\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}/g;
+
+/**
+ * `${NAME}` and `${NAME:-default}` in string values are taken from the environment, so one
+ * routes file serves every deployment. Substitution happens after YAML parsing, so a value can
+ * never inject YAML structure.
+ */
+function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[], problems: string[]): unknown {
+  if (typeof value === 'string') {
+    return value.replace(VARIABLE, (_, name: string, fallback: string | undefined) => {
+      const found = env[name];
+      if (found !== undefined && found !== '') return found;
+      if (fallback !== undefined) return fallback;
+      problems.push(`${formatPath(path)}: uses \${${name}}, which is not set; set it or write \${${name}:-default}`);
+      return '';
+    });
+  }
+  if (Array.isArray(value)) return value.map((v, i) => substitute(v, env, [...path, i], problems));
+  if (value && typeof value === 'object') {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, env, [...path, k], problems);
+    return out;
+  }
+  return value;
+}
+
+export function parseRoutesFile(text: string, env: NodeJS.ProcessEnv): RoutesFile {
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}`));
+  }
+  const problems: string[] = [];
+  const raw = substitute(doc.toJS(), env, [], problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  const result = routesFileSchema.safeParse(raw);
+  if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
+  return result.data;
+}
+
+export async function loadRoutesFile(file: string, env: NodeJS.ProcessEnv): Promise<RoutesFile> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError([`ROUTES_FILE: cannot read "${file}" (${code ?? 'error'}); point ROUTES_FILE at the routes YAML file`]);
+  }
+  try {
+    return parseRoutesFile(text, env);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(err.problems.map((p) => `${file}: ${p}`));
+    throw err;
+  }
+}
+
+export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConfig> {
+  const parsed = parseEnv(source);
+  if ('errors' in parsed) throw new ConfigError(parsed.errors);
+  const { env } = parsed;
+  if (env.NODE_ENV === 'production' && !env.REDIS_URL) {
+    throw new ConfigError([
+      'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas',
+    ]);
+  }
+  const routes = await loadRoutesFile(env.ROUTES_FILE, source);
+  return { env, routes, routesFile: env.ROUTES_FILE };
+}

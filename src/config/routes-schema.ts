@@ -1,0 +1,122 @@
+import { z } from 'zod';
+import { ROLES } from '../auth/roles.js';
+
+export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+
+/** Paths the gateway answers itself; a route may not take them over. */
+export const RESERVED_PATHS = ['/health', '/health/live', '/health/ready', '/metrics'] as const;
+
+const PARAM = /^:[A-Za-z_][A-Za-z0-9_]*$/;
+const SEGMENT = /^[A-Za-z0-9\-._~!$&'()*+,;=@%]+$/;
+
+const absolutePath = (what: string) =>
+  z
+    .string()
+    .refine((p) => p.startsWith('/'), `${what} must start with /`)
+    .refine(
+      (p) => p === '/' || p.split('/').slice(1).every((s, i, all) => (s === '' ? i === all.length - 1 : SEGMENT.test(s) && s !== '.' && s !== '..')),
+      `${what} must be a normalised path: no empty, "." or ".." segments and no spaces`,
+    );
+
+const patternPath = z
+  .string()
+  .refine((p) => p.startsWith('/'), 'pattern must start with /')
+  .refine(
+    (p) => p.split('/').slice(1).every((s) => PARAM.test(s) || (SEGMENT.test(s) && !s.includes(':'))),
+    'pattern segments are literals or named parameters such as :patientId',
+  );
+
+const ms = (what: string) => z.number().int().min(1, `${what} must be at least 1 ms`).max(3_600_000, `${what} must be at most 3600000 ms`);
+
+const instanceUrl = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return (u.protocol === 'http:' || u.protocol === 'https:') && (u.pathname === '/' || u.pathname === '') && !u.search && !u.username;
+  } catch {
+    return false;
+  }
+}, 'instances are origins such as http://chat-history:8002 (scheme, host and port; no path, query or credentials)');
+
+export const serviceSchema = z.strictObject({
+  instances: z.array(instanceUrl).min(1, 'a service needs at least one instance URL'),
+  healthPath: absolutePath('healthPath').default('/health'),
+  connectTimeoutMs: ms('connectTimeoutMs').optional(),
+  maxConnections: z.number().int().min(1).max(10_000).default(256),
+});
+
+export const routeSchema = z
+  .strictObject({
+    name: z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/, 'name is lower-case letters, digits, - _ . (it labels metrics and logs)'),
+    path: absolutePath('path').optional(),
+    prefix: absolutePath('prefix').optional(),
+    pattern: patternPath.optional(),
+    methods: z
+      .array(z.string().transform((m) => m.toUpperCase()).pipe(z.enum(HTTP_METHODS, { error: `methods are ${HTTP_METHODS.join(', ')}` })))
+      .min(1)
+      .optional(),
+    headers: z.record(z.string().regex(/^[A-Za-z0-9-]+$/, 'header names are letters, digits and -'), z.string()).optional(),
+    service: z.string(),
+    rewrite: z.string().optional(),
+    auth: z.enum(['required', 'public'], { error: 'auth is "required" or "public"' }).default('required'),
+    roles: z.array(z.enum(ROLES, { error: `roles are ${ROLES.join(', ')}` })).min(1).optional(),
+    timeoutMs: ms('timeoutMs').optional(),
+    connectTimeoutMs: ms('connectTimeoutMs').optional(),
+    maxBodyBytes: z.number().int().min(0).max(2 ** 40).optional(),
+    rateLimit: z.strictObject({ perMinute: z.number().int().min(1).max(1_000_000) }).optional(),
+    phi: z.boolean().default(false),
+    preserveHost: z.boolean().default(false),
+  })
+  .superRefine((route, ctx) => {
+    const kinds = (['path', 'prefix', 'pattern'] as const).filter((k) => route[k] !== undefined);
+    if (kinds.length !== 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: kinds.length ? [kinds[1]!] : ['path'],
+        message: 'a route matches on exactly one of path (exact), prefix or pattern',
+      });
+      return;
+    }
+    const matchPath = route.path ?? route.prefix ?? route.pattern!;
+    const reserved = RESERVED_PATHS.find((r) => matchPath === r || (route.prefix !== undefined && r.startsWith(route.prefix.replace(/\/$/, '') + '/')) || route.prefix === '/');
+    if (reserved) {
+      ctx.addIssue({ code: 'custom', path: [kinds[0]!], message: `would take over ${reserved}, which the gateway answers itself` });
+    }
+    if (route.rewrite !== undefined) {
+      if (!route.rewrite.startsWith('/')) {
+        ctx.addIssue({ code: 'custom', path: ['rewrite'], message: 'rewrite must start with /' });
+      }
+      if (route.pattern !== undefined) {
+        const params = new Set(route.pattern.split('/').filter((s) => s.startsWith(':')));
+        for (const used of route.rewrite.split('/').filter((s) => s.startsWith(':'))) {
+          if (!params.has(used)) {
+            ctx.addIssue({ code: 'custom', path: ['rewrite'], message: `uses ${used}, which the pattern does not capture` });
+          }
+        }
+      }
+    }
+    if (route.auth === 'public' && route.roles) {
+      ctx.addIssue({ code: 'custom', path: ['roles'], message: 'a public route cannot require roles; set auth: required' });
+    }
+  });
+
+export const routesFileSchema = z
+  .strictObject({
+    services: z.record(z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/, 'service names are lower-case letters, digits, - _ .'), serviceSchema),
+    routes: z.array(routeSchema).min(1, 'the file needs at least one route'),
+  })
+  .superRefine((file, ctx) => {
+    const seen = new Map<string, number>();
+    file.routes.forEach((route, i) => {
+      if (!(route.service in file.services)) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'service'], message: `unknown service "${route.service}"` });
+      }
+      const first = seen.get(route.name);
+      if (first !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['routes', i, 'name'], message: `duplicate route name "${route.name}" (also routes[${first}])` });
+      } else seen.set(route.name, i);
+    });
+  });
+
+export type RoutesFile = z.output<typeof routesFileSchema>;
+export type RouteConfig = z.output<typeof routeSchema>;
+export type ServiceConfig = z.output<typeof serviceSchema>;

@@ -1,0 +1,82 @@
+import type { ServerResponse } from 'node:http';
+
+/**
+ * Every error the gateway answers by itself is declared here once: a stable code, its HTTP
+ * status and a title. Clients, tests and docs rely on the code, never on the message text.
+ * The body is RFC 9457 problem details plus the code and the request id.
+ */
+export const ERRORS = {
+  GW_BAD_REQUEST: { status: 400, title: 'Bad Request' },
+  GW_BAD_PATH: { status: 400, title: 'Bad Request' },
+  GW_AUTH_TOKEN_MISSING: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_TOKEN_MALFORMED: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_TOKEN_INVALID: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_TOKEN_EXPIRED: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_TOKEN_NOT_YET_VALID: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_CLAIMS_INVALID: { status: 401, title: 'Unauthorized' },
+  GW_FORBIDDEN: { status: 403, title: 'Forbidden' },
+  GW_ROUTE_NOT_FOUND: { status: 404, title: 'Not Found' },
+  GW_METHOD_NOT_ALLOWED: { status: 405, title: 'Method Not Allowed' },
+  GW_REQUEST_TIMEOUT: { status: 408, title: 'Request Timeout' },
+  GW_BODY_TOO_LARGE: { status: 413, title: 'Content Too Large' },
+  GW_RATE_LIMITED: { status: 429, title: 'Too Many Requests' },
+  GW_HEADERS_TOO_LARGE: { status: 431, title: 'Request Header Fields Too Large' },
+  GW_INTERNAL: { status: 500, title: 'Internal Server Error' },
+  GW_UPSTREAM_UNAVAILABLE: { status: 502, title: 'Bad Gateway' },
+  GW_UPSTREAM_BAD_RESPONSE: { status: 502, title: 'Bad Gateway' },
+  GW_SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
+  GW_DEPENDENCY_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
+  GW_UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
+  GW_UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
+} as const satisfies Record<string, { status: number; title: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
+
+export interface Problem {
+  type: string;
+  title: string;
+  status: number;
+  code: ErrorCode;
+  detail: string;
+  request_id: string;
+}
+
+export function problem(code: ErrorCode, requestId: string, detail: string): Problem {
+  const { status, title } = ERRORS[code];
+  return {
+    type: `urn:api-gateway:error:${code}`,
+    title,
+    status,
+    code,
+    detail,
+    request_id: requestId,
+  };
+}
+
+/**
+ * Writes a problem straight to the socket's response. Used where the framework is not in the
+ * loop (hijacked proxy replies, client errors before routing).
+ */
+export function writeProblem(
+  res: ServerResponse,
+  code: ErrorCode,
+  requestId: string,
+  detail: string,
+  headers?: Record<string, string>,
+): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify(problem(code, requestId, detail));
+  res.writeHead(ERRORS[code].status, {
+    ...headers,
+    'content-type': PROBLEM_CONTENT_TYPE,
+    'content-length': Buffer.byteLength(body),
+    'x-request-id': requestId,
+    'cache-control': 'no-store',
+  });
+  res.end(body);
+}

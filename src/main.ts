@@ -1,0 +1,55 @@
+import { ConfigError } from './config/load.js';
+import { startGateway } from './start.js';
+
+/**
+ * Process entry. A config error stops the process with exit code 1 and a message naming the
+ * field; SIGTERM/SIGINT turn readiness false, refuse new connections, let in-flight requests
+ * finish (up to SHUTDOWN_TIMEOUT_MS) and exit 0.
+ */
+async function main(): Promise<void> {
+  let running;
+  try {
+    running = await startGateway(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`api-gateway: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  const { gateway, config, logger } = running;
+  const timeoutMs = config.env.SHUTDOWN_TIMEOUT_MS;
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, timeout_ms: timeoutMs }, 'shutting down: finishing in-flight requests');
+    const deadline = setTimeout(() => {
+      logger.error('in-flight requests did not finish before SHUTDOWN_TIMEOUT_MS; closing them');
+      logger.flush();
+      process.exit(1);
+    }, timeoutMs);
+    deadline.unref();
+    gateway
+      .close()
+      .then(() => {
+        clearTimeout(deadline);
+        logger.info('stopped');
+        logger.flush();
+        process.exitCode = 0;
+      })
+      .catch((err: unknown) => {
+        logger.error({ err }, 'shutdown failed');
+        logger.flush();
+        process.exit(1);
+      });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`api-gateway: failed to start: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,164 @@
+import { readFile } from 'node:fs/promises';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { getHeapStatistics } from 'node:v8';
+import { request } from 'undici';
+
+export type Status = 'healthy' | 'degraded' | 'unhealthy';
+
+export interface HealthReport {
+  status: Status;
+  service: 'api-gateway';
+  version: string;
+  timestamp: string;
+  dependencies: Record<string, Status>;
+  checks: Record<string, { status: Status; detail: string }>;
+}
+
+export interface HealthDeps {
+  version: string;
+  authServiceUrl: string;
+  /** Pings Redis; absent when the gateway runs on in-memory stores. */
+  redisPing: (() => Promise<unknown>) | null;
+  cacheMs: number;
+  eventLoopThresholdMs: number;
+  memoryLimitBytes: number;
+  isShuttingDown: () => boolean;
+}
+
+const PROBE_TIMEOUT_MS = 1_000;
+
+function worst(statuses: Iterable<Status>): Status {
+  let out: Status = 'healthy';
+  for (const s of statuses) {
+    if (s === 'unhealthy') return 'unhealthy';
+    if (s === 'degraded') out = 'degraded';
+  }
+  return out;
+}
+
+async function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('timeout')), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The container's memory limit (cgroup v2, then v1), if the gateway runs under one. */
+export async function containerMemoryLimit(): Promise<number | null> {
+  for (const file of ['/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes']) {
+    try {
+      const text = (await readFile(file, 'utf8')).trim();
+      const n = Number(text);
+      if (Number.isFinite(n) && n > 0 && n < 2 ** 60) return n;
+    } catch {
+      // not under this cgroup version
+    }
+  }
+  return null;
+}
+
+export async function resolveMemoryLimit(configuredMb: number): Promise<number> {
+  if (configuredMb > 0) return configuredMb * 1024 * 1024;
+  return (await containerMemoryLimit()) ?? getHeapStatistics().heap_size_limit;
+}
+
+/**
+ * The spec's health logic: Redis connectivity, auth-rbac availability, memory within limits and
+ * the gateway's own responsiveness (event-loop delay). A result is reused for a short interval and
+ * at most one check runs at a time, so probes never hammer the dependencies.
+ * A dependency that is down makes the gateway degraded, not unhealthy: it keeps serving what it
+ * can. Unhealthy (503) is for a gateway that should be taken out of rotation.
+ */
+export class HealthMonitor {
+  private cached: { at: number; report: HealthReport } | null = null;
+  private running: Promise<HealthReport> | null = null;
+  private readonly loop: IntervalHistogram;
+
+  constructor(private readonly deps: HealthDeps) {
+    this.loop = monitorEventLoopDelay({ resolution: 20 });
+    this.loop.enable();
+  }
+
+  stop(): void {
+    this.loop.disable();
+  }
+
+  async report(): Promise<HealthReport> {
+    const now = Date.now();
+    if (this.cached !== null && now - this.cached.at < this.deps.cacheMs) return this.cached.report;
+    if (this.running === null) {
+      this.running = this.check().finally(() => {
+        this.running = null;
+      });
+    }
+    return this.running;
+  }
+
+  private async check(): Promise<HealthReport> {
+    const [auth, database] = await Promise.all([this.checkAuth(), this.checkRedis()]);
+    const memory = this.checkMemory();
+    const eventLoop = this.checkEventLoop();
+    const shutdown: { status: Status; detail: string } = this.deps.isShuttingDown()
+      ? { status: 'unhealthy', detail: 'shutting down' }
+      : { status: 'healthy', detail: 'serving' };
+    const dependencies = { 'auth-service': auth.status, database: database.status };
+    // A dependency outage is degraded service, never a reason to pull every replica at once.
+    const status = worst([...Object.values(dependencies).map((s): Status => (s === 'healthy' ? s : 'degraded')), memory.status, eventLoop.status, shutdown.status]);
+    const report: HealthReport = {
+      status,
+      service: 'api-gateway',
+      version: this.deps.version,
+      timestamp: new Date().toISOString(),
+      dependencies,
+      checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
+    };
+    this.cached = { at: Date.now(), report };
+    return report;
+  }
+
+  private async checkAuth(): Promise<{ status: Status; detail: string }> {
+    try {
+      const res = await withTimeout(
+        request(`${this.deps.authServiceUrl}/health`, { headersTimeout: PROBE_TIMEOUT_MS, bodyTimeout: PROBE_TIMEOUT_MS }),
+        PROBE_TIMEOUT_MS,
+      );
+      await res.body.dump();
+      return res.statusCode < 300 ? { status: 'healthy', detail: 'reachable' } : { status: 'unhealthy', detail: `answered ${res.statusCode}` };
+    } catch {
+      return { status: 'unhealthy', detail: 'unreachable' };
+    }
+  }
+
+  private async checkRedis(): Promise<{ status: Status; detail: string }> {
+    if (this.deps.redisPing === null) return { status: 'healthy', detail: 'in-memory stores (single process)' };
+    try {
+      await withTimeout(this.deps.redisPing(), PROBE_TIMEOUT_MS);
+      return { status: 'healthy', detail: 'redis reachable' };
+    } catch {
+      return { status: 'unhealthy', detail: 'redis unreachable' };
+    }
+  }
+
+  private checkMemory(): { status: Status; detail: string } {
+    const rss = process.memoryUsage.rss();
+    const share = rss / this.deps.memoryLimitBytes;
+    const detail = `${Math.round(share * 100)}% of the memory limit in use`;
+    if (share >= 0.95) return { status: 'unhealthy', detail };
+    if (share >= 0.8) return { status: 'degraded', detail };
+    return { status: 'healthy', detail };
+  }
+
+  private checkEventLoop(): { status: Status; detail: string } {
+    const p99 = this.loop.percentile(99) / 1e6;
+    this.loop.reset();
+    const detail = `event-loop delay p99 ${p99.toFixed(1)} ms`;
+    return p99 > this.deps.eventLoopThresholdMs ? { status: 'degraded', detail } : { status: 'healthy', detail };
+  }
+}

@@ -1,0 +1,102 @@
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { Exchange } from './exchange.js';
+
+/** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
+const HOP_BY_HOP: ReadonlySet<string> = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+]);
+
+/** Fields the gateway writes itself; a client's copy is dropped, never merged. */
+const GATEWAY_OWNED: ReadonlySet<string> = new Set([
+  'host',
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-proto',
+  'x-forwarded-host',
+  'x-forwarded-port',
+  'x-real-ip',
+  'x-request-id',
+]);
+
+/** Upstream banners that tell an attacker what runs behind the gateway. */
+const BANNERS: ReadonlySet<string> = new Set(['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version']);
+
+/** Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1). */
+function connectionTokens(value: string | string[] | undefined): Set<string> | null {
+  if (value === undefined) return null;
+  const tokens = new Set<string>();
+  for (const part of (Array.isArray(value) ? value.join(',') : value).split(',')) {
+    const t = part.trim().toLowerCase();
+    if (t !== '' && t !== 'close' && t !== 'keep-alive') tokens.add(t);
+  }
+  return tokens.size === 0 ? null : tokens;
+}
+
+/** Identity headers are the gateway's word about the caller: only it may write them. */
+function isIdentityHeader(name: string): boolean {
+  return name.charCodeAt(0) === 120 /* x */ && (name.startsWith('x-user-') || name.startsWith('x-phi-'));
+}
+
+/**
+ * The request headers the upstream receives: the client's, less hop-by-hop fields, spoofable
+ * identity and forwarding fields; plus X-Forwarded-*, the request id and the verified identity.
+ */
+export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeaders, tls: boolean, preserveHost: boolean): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  const named = connectionTokens(headers.connection);
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name)) continue;
+    if (named !== null && named.has(name)) continue;
+    out[name] = value;
+  }
+
+  const host = headers.host;
+  if (preserveHost && host !== undefined) out.host = host;
+  const incomingFor = headers['x-forwarded-for'];
+  if (ex.peerTrusted && incomingFor !== undefined) {
+    out['x-forwarded-for'] = `${Array.isArray(incomingFor) ? incomingFor.join(', ') : incomingFor}, ${ex.peer}`;
+    out['x-forwarded-proto'] = single(headers['x-forwarded-proto']) ?? (tls ? 'https' : 'http');
+    const fwdHost = single(headers['x-forwarded-host']) ?? host;
+    if (fwdHost !== undefined) out['x-forwarded-host'] = fwdHost;
+  } else {
+    out['x-forwarded-for'] = ex.peer;
+    out['x-forwarded-proto'] = tls ? 'https' : 'http';
+    if (host !== undefined) out['x-forwarded-host'] = host;
+  }
+  out['x-request-id'] = ex.id;
+
+  const who = ex.identity;
+  if (who !== null) {
+    out['x-user-id'] = who.userId;
+    out['x-user-role'] = who.role;
+    out['x-phi-access-level'] = who.phiAccessLevel;
+  }
+  return out;
+}
+
+function single(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The upstream's response headers as the client receives them. */
+export function clientResponseHeaders(headers: IncomingHttpHeaders, requestId: string): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  const named = connectionTokens(headers.connection);
+  for (const name in headers) {
+    const value = headers[name];
+    if (value === undefined || HOP_BY_HOP.has(name) || BANNERS.has(name)) continue;
+    if (named !== null && named.has(name)) continue;
+    out[name] = value;
+  }
+  out['x-request-id'] = requestId;
+  return out;
+}
