@@ -60,7 +60,7 @@ const cidrs = z
 export const envSchema = z
   .object({
     NODE_ENV: z.string().trim().default('development'),
-    PORT: int(1, 65535, 'the port to listen on, default 8090').default(8090),
+    PORT: int(0, 65535, 'the port to listen on, default 8090; 0 picks a free port').default(8090),
     HOST: z.string().trim().min(1).default('0.0.0.0'),
     AUTH_SERVICE_URL: httpUrl('http://auth-rbac:8080').default('http://auth-rbac:8080'),
     AUDIT_SERVICE_URL: httpUrl('http://audit-logging:8084').default('http://audit-logging:8084'),

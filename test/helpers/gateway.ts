@@ -1,0 +1,76 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { stringify } from 'yaml';
+import { startGateway, type RunningGateway } from '../../src/start.js';
+import { TEST_SECRET } from './tokens.js';
+
+export interface TestGateway extends RunningGateway {
+  url: string;
+  /** Every log line the gateway wrote, parsed. */
+  logs: Array<Record<string, unknown>>;
+  routesFile: string;
+  close(): Promise<void>;
+}
+
+/** Collects pino's JSON lines in memory, synchronously, so a test can read them right away. */
+export class LogCapture extends Writable {
+  readonly lines: Array<Record<string, unknown>> = [];
+  readonly text: string[] = [];
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
+    for (const line of chunk.toString('utf8').split('\n')) {
+      if (line.trim() === '') continue;
+      this.text.push(line);
+      this.lines.push(JSON.parse(line) as Record<string, unknown>);
+    }
+    done();
+  }
+}
+
+export async function writeRoutesFile(routes: unknown): Promise<{ file: string; dir: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'gw-test-'));
+  const file = join(dir, 'routes.yaml');
+  await writeFile(file, typeof routes === 'string' ? routes : stringify(routes));
+  return { file, dir };
+}
+
+/**
+ * Starts the real gateway in this process on a free loopback port with the given routes file
+ * (an object written as YAML, or YAML text) and environment overrides.
+ */
+export async function startTestGateway(routes: unknown, env: Record<string, string> = {}): Promise<TestGateway> {
+  const { file, dir } = await writeRoutesFile(routes);
+  const capture = new LogCapture();
+  const running = await startGateway(
+    {
+      PATH: process.env.PATH,
+      HOST: '127.0.0.1',
+      PORT: '0',
+      JWT_SECRET: TEST_SECRET,
+      AUTH_SERVICE_URL: 'http://127.0.0.1:9',
+      LOG_LEVEL: 'INFO',
+      ROUTES_FILE: file,
+      ...env,
+    },
+    capture,
+  );
+  return {
+    ...running,
+    url: `http://127.0.0.1:${running.port}`,
+    logs: capture.lines,
+    routesFile: file,
+    async close() {
+      await running.gateway.close();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A routes file with one service and the given routes (service defaults to "backend"). */
+export function routesFor(upstreamUrl: string, routes: Array<Record<string, unknown>>): Record<string, unknown> {
+  return {
+    services: { backend: { instances: [upstreamUrl] } },
+    routes: routes.map((r) => ({ service: 'backend', ...r })),
+  };
+}

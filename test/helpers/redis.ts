@@ -1,0 +1,48 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { freePort } from './ports.js';
+
+export interface TestRedis {
+  url: string;
+  port: number;
+  /** Stops the server (an outage); `start()` brings it back on the same port. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
+}
+
+/** A real redis-server on a free loopback port, with nothing kept on disk. */
+export async function startRedis(): Promise<TestRedis> {
+  const port = await freePort();
+  let child: ChildProcess | null = null;
+  const start = async () => {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    child = proc;
+    let out = '';
+    await new Promise<void>((resolve, reject) => {
+      proc.once('error', reject);
+      proc.once('exit', (code) => reject(new Error(`redis-server exited with ${code}: ${out}`)));
+      proc.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('Ready to accept connections')) resolve();
+      });
+    });
+    proc.stdout!.resume();
+  };
+  await start();
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    start,
+    async stop() {
+      const proc = child;
+      if (!proc || proc.exitCode !== null) return;
+      proc.removeAllListeners('exit');
+      const exited = once(proc, 'exit');
+      proc.kill('SIGKILL');
+      await exited;
+      child = null;
+    },
+  };
+}

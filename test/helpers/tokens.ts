@@ -1,0 +1,23 @@
+import { randomUUID } from 'node:crypto';
+import { SignJWT, type JWTPayload } from 'jose';
+
+export const TEST_SECRET = 'test-secret-0123456789abcdef-0123456789abcdef';
+
+export interface TokenOptions {
+  sub?: string;
+  role?: string;
+  secret?: string;
+  expiresInSeconds?: number;
+  claims?: JWTPayload;
+}
+
+export async function signToken(options: TokenOptions = {}): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ role: options.role ?? 'health_provider', ...options.claims })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(options.sub ?? 'user-1')
+    .setJti(randomUUID())
+    .setIssuedAt(now)
+    .setExpirationTime(now + (options.expiresInSeconds ?? 600))
+    .sign(new TextEncoder().encode(options.secret ?? TEST_SECRET));
+}
