@@ -43,7 +43,7 @@ export async function buildGateway(config: GatewayConfig, { logger }: GatewayOpt
   const { env } = config;
   const pools = new UpstreamPools();
   const compiled: CompiledConfig = compileConfig(config.routes, env, pools);
-  const verifier = new JwtVerifier({ secret: env.JWT_SECRET, maxLifetimeSeconds: env.JWT_EXPIRES_IN, clockSkewSeconds: 30 });
+  const verifier = await JwtVerifier.create({ secret: env.JWT_SECRET, maxLifetimeSeconds: env.JWT_EXPIRES_IN, clockSkewSeconds: 30 });
   const addresses = new ClientAddress(env.TRUSTED_PROXIES.length > 0 ? trustedProxyList(env.TRUSTED_PROXIES) : null);
   const accessLog = new AccessLog(logger, env.LOG_SLOW_REQUEST_MS);
   const tls = Boolean(env.TLS_CERT_FILE);

@@ -1,3 +1,4 @@
+import { webcrypto } from 'node:crypto';
 import { errors, jwtVerify, type JWTPayload } from 'jose';
 import type { Identity } from './identity.js';
 import { isRole } from './roles.js';
@@ -26,10 +27,15 @@ const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
  * token that claims a longer life than JWT_EXPIRES_IN (the HIPAA cap) is refused.
  */
 export class JwtVerifier {
-  private readonly key: Uint8Array;
+  private constructor(
+    private readonly options: JwtVerifierOptions,
+    private readonly key: webcrypto.CryptoKey,
+  ) {}
 
-  constructor(private readonly options: JwtVerifierOptions) {
-    this.key = new TextEncoder().encode(options.secret);
+  /** Imports the HMAC key once: handing jose raw bytes would re-import it on every request. */
+  static async create(options: JwtVerifierOptions): Promise<JwtVerifier> {
+    const key = await webcrypto.subtle.importKey('raw', new TextEncoder().encode(options.secret), { name: 'HMAC', hash: 'SHA-256' }, false, ['verify']);
+    return new JwtVerifier(options, key);
   }
 
   async verify(authorization: string | undefined): Promise<VerifyResult> {
