@@ -9,7 +9,7 @@ import type { GatewayConfig } from './config/load.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
 import { AccessLog } from './observability/access-log.js';
 import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
-import type { Logger } from './observability/logger.js';
+import type { Loggers, Logger } from './observability/logger.js';
 import { authenticate, type StageResult } from './pipeline/authenticate.js';
 import { authorize } from './pipeline/authorize.js';
 import { ClientAddress } from './pipeline/client-address.js';
@@ -35,17 +35,13 @@ export interface Gateway {
   isShuttingDown(): boolean;
 }
 
-export interface GatewayOptions {
-  logger: Logger;
-}
-
-export async function buildGateway(config: GatewayConfig, { logger }: GatewayOptions): Promise<Gateway> {
+export async function buildGateway(config: GatewayConfig, { log: logger, access }: Loggers): Promise<Gateway> {
   const { env } = config;
   const pools = new UpstreamPools();
   const compiled: CompiledConfig = compileConfig(config.routes, env, pools);
   const verifier = await JwtVerifier.create({ secret: env.JWT_SECRET, maxLifetimeSeconds: env.JWT_EXPIRES_IN, clockSkewSeconds: 30 });
   const addresses = new ClientAddress(env.TRUSTED_PROXIES.length > 0 ? trustedProxyList(env.TRUSTED_PROXIES) : null);
-  const accessLog = new AccessLog(logger, env.LOG_SLOW_REQUEST_MS);
+  const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
   const tls = Boolean(env.TLS_CERT_FILE);
   let shuttingDown = false;
 

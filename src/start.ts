@@ -1,7 +1,7 @@
 import type { DestinationStream } from 'pino';
 import { buildGateway, type Gateway } from './app.js';
 import { loadConfig, type GatewayConfig } from './config/load.js';
-import { createLogger, type Logger } from './observability/logger.js';
+import { createLoggers, type Logger } from './observability/logger.js';
 import { VERSION } from './version.js';
 
 export interface RunningGateway {
@@ -16,14 +16,15 @@ export interface RunningGateway {
 export async function startGateway(source: NodeJS.ProcessEnv, logDestination?: DestinationStream): Promise<RunningGateway> {
   const config = await loadConfig(source);
   const { env } = config;
-  const logger = createLogger(env.LOG_LEVEL, logDestination);
+  const loggers = createLoggers(env.LOG_LEVEL, logDestination);
+  const logger = loggers.log;
   if (env.CORS_ALLOWED_ORIGINS.includes('*') && env.NODE_ENV === 'production') {
     logger.warn('CORS_ALLOWED_ORIGINS is * in production; restrict it to known origins');
   }
   if (!env.TLS_CERT_FILE && env.NODE_ENV === 'production') {
     logger.warn('TLS_CERT_FILE and TLS_KEY_FILE are not set; the spec requires TLS in production');
   }
-  const gateway = await buildGateway(config, { logger });
+  const gateway = await buildGateway(config, loggers);
   await gateway.app.listen({ port: env.PORT, host: env.HOST });
   const address = gateway.app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : env.PORT;
