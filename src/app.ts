@@ -70,6 +70,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
     isShuttingDown: () => shuttingDown,
+    onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
   });
 
   const app = Fastify({
@@ -84,6 +85,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     http: { maxHeaderSize: env.MAX_HEADER_BYTES },
     ...(tls ? { https: { cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' as const } } : {}),
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
+    // The router refuses an undecodable path before any hook runs; without this the framework
+    // would answer in its own shape, with no request id and the raw path echoed back.
+    frameworkErrors: (_err, request, reply) => {
+      const peer = addresses.peer(request.raw.socket.remoteAddress);
+      reject(reply, new Exchange(request.id, performance.now(), peer, false, peer), 'GW_BAD_PATH', 'the request path is not valid percent-encoding');
+    },
   });
   app.server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
 
@@ -109,8 +116,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // on the way out
   app.addHook('onResponse', (request, reply, done) => {
     accessLog.write(request.gw, request.raw, reply.raw, request.gw.route === null && request.url.startsWith('/health'));
+    // close() ends only the connections idle at that moment; a keep-alive connection whose
+    // request was in flight becomes idle now, and must not hold the shutdown open.
+    if (shuttingDown) setImmediate(closeIdle);
     done();
   });
+  const closeIdle = () => app.server.closeIdleConnections();
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
     const ex = request.gw;
@@ -121,7 +132,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   });
 
   const report = async (reply: FastifyReply, ready: boolean) => {
-    const result = await health.report();
+    // The spec's fields only: why a check failed is for operators (the log), not for anyone who
+    // can reach an unauthenticated endpoint.
+    const { checks: _checks, ...result } = await health.report();
     const ok = ready ? !shuttingDown && result.status !== 'unhealthy' : result.status !== 'unhealthy';
     return reply.code(ok ? 200 : 503).header('cache-control', 'no-store').send(result);
   };

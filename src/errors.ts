@@ -71,7 +71,7 @@ export function writeProblem(
     return;
   }
   const body = JSON.stringify(problem(code, requestId, detail));
-  res.writeHead(ERRORS[code].status, {
+  res.writeHead(ERRORS[code].status, ERRORS[code].title, {
     ...headers,
     'content-type': PROBLEM_CONTENT_TYPE,
     'content-length': Buffer.byteLength(body),

@@ -23,6 +23,8 @@ export interface HealthDeps {
   eventLoopThresholdMs: number;
   memoryLimitBytes: number;
   isShuttingDown: () => boolean;
+  /** Told when the overall status changes, with the reasons. */
+  onChange?: (status: Status, checks: HealthReport['checks']) => void;
 }
 
 const PROBE_TIMEOUT_MS = 1_000;
@@ -79,6 +81,7 @@ export async function resolveMemoryLimit(configuredMb: number): Promise<number> 
 export class HealthMonitor {
   private cached: { at: number; report: HealthReport } | null = null;
   private running: Promise<HealthReport> | null = null;
+  private lastStatus: Status = 'healthy';
   private readonly loop: IntervalHistogram;
 
   constructor(private readonly deps: HealthDeps) {
@@ -119,6 +122,10 @@ export class HealthMonitor {
       dependencies,
       checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
     };
+    if (status !== this.lastStatus) {
+      this.deps.onChange?.(status, report.checks);
+      this.lastStatus = status;
+    }
     this.cached = { at: Date.now(), report };
     return report;
   }

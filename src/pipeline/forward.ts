@@ -10,6 +10,13 @@ class BodyTooLarge extends Error {
   readonly code = 'GW_BODY_TOO_LARGE';
 }
 
+class ResponseTimeout extends Error {
+  readonly code = 'UND_ERR_HEADERS_TIMEOUT';
+  constructor(ms: number) {
+    super(`no response headers within ${ms} ms`);
+  }
+}
+
 /** Counts a chunked upload and stops it at the route's limit; uploads with a length are checked up front. */
 class BodyLimit extends Transform {
   private seen = 0;
@@ -54,14 +61,26 @@ export type ForwardDone = (ex: Exchange, err: Error | null) => void;
 class ProxyHandler implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null = null;
   private started = false;
+  /** The exchange has ended (answered, failed or timed out); later callbacks change nothing. */
+  private settled = false;
   private readonly onClientClose: () => void;
   private readonly onDrain: () => void;
+  private readonly timer: NodeJS.Timeout;
 
   constructor(
     private readonly ex: Exchange,
     private readonly res: ServerResponse,
     private readonly done: ForwardDone,
+    timeoutMs: number,
   ) {
+    // undici's own headersTimeout runs on a coarse timer (about 500 ms ticks) and only once the
+    // request is written: a 200 ms route timeout could fire after a second, and a request queued
+    // behind a busy pool would have none. The route's timeout gets a timer of its own.
+    this.timer = setTimeout(() => {
+      const err = new ResponseTimeout(timeoutMs);
+      if (this.controller !== null) this.controller.abort(err);
+      else this.fail(err);
+    }, timeoutMs);
     this.onClientClose = () => {
       if (!this.res.writableFinished) this.controller?.abort(new Error('client closed the connection'));
     };
@@ -71,11 +90,12 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
-    if (this.res.destroyed) controller.abort(new Error('client closed the connection'));
+    if (this.settled || this.res.destroyed) controller.abort(new Error('the exchange has already ended'));
   }
 
   onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
-    if (statusCode < 200) return;
+    if (statusCode < 200 || this.settled) return;
+    clearTimeout(this.timer);
     this.started = true;
     this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex.id));
   }
@@ -88,11 +108,20 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
+    if (this.settled) return;
+    this.settled = true;
     this.res.end();
     this.done(this.ex, null);
   }
 
   onResponseError(_c: Dispatcher.DispatchController, err: Error): void {
+    this.fail(err);
+  }
+
+  private fail(err: Error): void {
+    if (this.settled) return;
+    this.settled = true;
+    clearTimeout(this.timer);
     if (this.started || this.res.destroyed) {
       // Part of the answer is on its way: the only honest signal left is a broken connection.
       this.res.destroy();
@@ -147,10 +176,11 @@ export function forward(
       method: req.method!,
       headers,
       body,
-      headersTimeout: route.timeoutMs,
+      // A backstop only: ProxyHandler keeps the precise response timeout.
+      headersTimeout: route.timeoutMs + 1_000,
       bodyTimeout: route.bodyIdleTimeoutMs,
     },
-    new ProxyHandler(ex, res, done),
+    new ProxyHandler(ex, res, done, route.timeoutMs),
   );
   return true;
 }
