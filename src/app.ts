@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Redis } from 'ioredis';
@@ -15,6 +16,7 @@ import { authorize } from './pipeline/authorize.js';
 import { ClientAddress } from './pipeline/client-address.js';
 import { Exchange } from './pipeline/exchange.js';
 import { forward } from './pipeline/forward.js';
+import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
 import { requestIdFrom } from './pipeline/request-id.js';
 import { upstreamRequestHeaders } from './pipeline/transform.js';
@@ -44,6 +46,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
   const tls = Boolean(env.TLS_CERT_FILE);
   let shuttingDown = false;
+  const exchangeFor = (id: string, raw: IncomingMessage): Exchange => {
+    const peer = addresses.peer(raw.socket.remoteAddress);
+    const trusted = addresses.isTrusted(peer);
+    return new Exchange(id, performance.now(), peer, trusted, trusted ? addresses.clientIp(peer, raw.headers['x-forwarded-for']) : peer);
+  };
+  const framing = new FramingGuard();
 
   const redis = env.REDIS_URL
     ? new Redis(env.REDIS_URL, {
@@ -82,14 +90,17 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     keepAliveTimeout: env.KEEP_ALIVE_TIMEOUT_MS,
     requestTimeout: env.CLIENT_REQUEST_TIMEOUT_MS,
     bodyLimit: env.MAX_BODY_BYTES,
-    http: { maxHeaderSize: env.MAX_HEADER_BYTES },
+    // A missing Host gets the gateway's own 400 (framing.ts), not Node's bare one.
+    http: { maxHeaderSize: env.MAX_HEADER_BYTES, requireHostHeader: false },
     ...(tls ? { https: { cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' as const } } : {}),
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
     // The router refuses an undecodable path before any hook runs; without this the framework
     // would answer in its own shape, with no request id and the raw path echoed back.
+    // No onResponse hook runs for it either, so the access line is written here.
     frameworkErrors: (_err, request, reply) => {
-      const peer = addresses.peer(request.raw.socket.remoteAddress);
-      reject(reply, new Exchange(request.id, performance.now(), peer, false, peer), 'GW_BAD_PATH', 'the request path is not valid percent-encoding');
+      const ex = exchangeFor(request.id, request.raw);
+      reply.raw.once('finish', () => accessLog.write(ex, request.raw, reply.raw, false));
+      reject(reply, ex, 'GW_BAD_PATH', 'the request path is not valid percent-encoding');
     },
   });
   app.server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
@@ -103,9 +114,13 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // request id -> exchange; the shutting-down gate
   app.addHook('onRequest', (request, reply, done) => {
     const raw = request.raw;
-    const peer = addresses.peer(raw.socket.remoteAddress);
-    const trusted = addresses.isTrusted(peer);
-    request.gw = new Exchange(request.id, performance.now(), peer, trusted, trusted ? addresses.clientIp(peer, raw.headers['x-forwarded-for']) : peer);
+    request.gw = exchangeFor(request.id, raw);
+    const badFraming = framing.check(raw);
+    if (badFraming !== null) {
+      framing.refuseConnection(raw.socket);
+      reject(reply, request.gw, 'GW_BAD_REQUEST', badFraming, { connection: 'close' });
+      return;
+    }
     if (shuttingDown) {
       reject(reply, request.gw, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
       return;

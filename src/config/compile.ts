@@ -17,6 +17,16 @@ export interface CompiledService {
   cursor: number;
 }
 
+export interface RouteRateLimit {
+  readonly perMinute: number;
+  /** The route has its own limit, counted in its own key, rather than the user's default budget. */
+  readonly ownKey: boolean;
+  readonly failClosed: boolean;
+  readonly policyName: string;
+  /** `RateLimit-Policy` value, made once. */
+  readonly policyHeader: string;
+}
+
 export interface CompiledRoute {
   readonly name: string;
   /** The route as declared (`/api/v1/patients/:id`, `/api/v1/files/*`): the metrics and log label. */
@@ -33,7 +43,7 @@ export interface CompiledRoute {
   readonly timeoutMs: number;
   readonly bodyIdleTimeoutMs: number;
   readonly maxBodyBytes: number;
-  readonly rateLimitPerMinute: number;
+  readonly rateLimit: RouteRateLimit;
   readonly phi: boolean;
   readonly preserveHost: boolean;
 }
@@ -60,6 +70,19 @@ function compileRewrite(route: RouteConfig): CompiledRoute['rewrite'] {
     if (rest === '') return target;
     return rest.startsWith('/') ? base + rest : `${base}/${rest}`;
   };
+}
+
+function compileRateLimit(route: RouteConfig, env: Env): RouteRateLimit {
+  const own = route.rateLimit !== undefined;
+  const perMinute = route.rateLimit?.perMinute ?? env.RATE_LIMIT_PER_MINUTE;
+  const policyName = own ? route.name : 'default';
+  return Object.freeze({
+    perMinute,
+    ownKey: own,
+    failClosed: route.rateLimit?.failClosed ?? false,
+    policyName,
+    policyHeader: `"${policyName}";q=${perMinute};w=60`,
+  });
 }
 
 export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools): CompiledConfig {
@@ -95,7 +118,7 @@ export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools):
       timeoutMs,
       bodyIdleTimeoutMs: Math.max(timeoutMs, MIN_BODY_IDLE_MS),
       maxBodyBytes: route.maxBodyBytes ?? env.MAX_BODY_BYTES,
-      rateLimitPerMinute: route.rateLimit?.perMinute ?? env.RATE_LIMIT_PER_MINUTE,
+      rateLimit: compileRateLimit(route, env),
       phi: route.phi,
       preserveHost: route.preserveHost,
     });

@@ -66,14 +66,16 @@ function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[],
 }
 
 export function parseRoutesFile(text: string, env: NodeJS.ProcessEnv): RoutesFile {
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  const doc = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
-    throw new ConfigError(doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}`));
+    // prettyErrors ends the first line of each message with "at line L, column C:".
+    throw new ConfigError(doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]!.replace(/:$/, '')}`));
   }
   const problems: string[] = [];
   const raw = substitute(doc.toJS(), env, [], problems);
   if (problems.length > 0) throw new ConfigError(problems);
-  const result = routesFileSchema.safeParse(raw);
+  // With the input on each issue, a present value of the wrong type is not reported as missing.
+  const result = routesFileSchema.safeParse(raw, { reportInput: true });
   if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
   return result.data;
 }

@@ -62,7 +62,13 @@ export const routeSchema = z
     timeoutMs: ms('timeoutMs').optional(),
     connectTimeoutMs: ms('connectTimeoutMs').optional(),
     maxBodyBytes: z.number().int().min(0).max(2 ** 40).optional(),
-    rateLimit: z.strictObject({ perMinute: z.number().int().min(1).max(1_000_000) }).optional(),
+    rateLimit: z
+      .strictObject({
+        perMinute: z.number().int().min(1).max(1_000_000),
+        /** While the shared store is down: false = limit per process, true = answer 503. */
+        failClosed: z.boolean().default(false),
+      })
+      .optional(),
     phi: z.boolean().default(false),
     preserveHost: z.boolean().default(false),
   })

@@ -1,5 +1,6 @@
 import type { CompiledRoute } from '../config/compile.js';
 import type { Identity } from '../auth/identity.js';
+import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 
 /**
  * What the stages learn about one request as it walks the pipeline. Made once per request in
@@ -12,6 +13,7 @@ export class Exchange {
   path = '';
   query = '';
   identity: Identity | null = null;
+  rateLimit: RateLimitDecision | null = null;
   upstreamOrigin: string | null = null;
   /** Why the gateway itself answered, when it did: an error code from errors.ts. */
   errorCode: string | null = null;

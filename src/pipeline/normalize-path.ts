@@ -13,8 +13,9 @@ export function normalizePath(path: string): string | null {
   let prev = 0;
   for (let i = 0; i < path.length; i++) {
     const c = path.charCodeAt(i);
-    if (c <= 0x20 || c === 0x7f || c === 0x5c /* \ */ || c >= 0x80) return null;
-    if (c === 0x25 /* % */ || (prev === 47 && (c === 47 || c === 46 /* . */))) needsWork = true;
+    // A raw `#` is no part of a request target: an upstream URL parser would cut the path there.
+    if (c <= 0x20 || c === 0x7f || c === 0x5c /* \ */ || c === 0x23 /* # */ || c >= 0x80) return null;
+    if (c === 0x25 /* % */ || c === 0x3b /* ; */ || (prev === 47 && (c === 47 || c === 46 /* . */))) needsWork = true;
     prev = c;
   }
   return needsWork ? canonicalise(path) : path;
@@ -61,6 +62,9 @@ function canonicalise(path: string): string | null {
   const last = segments.length - 1;
   for (let i = 1; i <= last; i++) {
     const seg = segments[i]!;
+    // `..;x` and `.;x` are dot segments to servlet containers (Tomcat, Jetty), which drop path
+    // parameters after `;` before resolving: `/public/..;/admin` is `/admin` to them.
+    if (seg.startsWith('..;') || seg.startsWith('.;')) return null;
     if (seg === '..') {
       if (out.length === 0) return null;
       out.pop();

@@ -12,6 +12,8 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'upgrade',
   'proxy-authorization',
   'proxy-authenticate',
+  // Node has already answered 100-continue on the client hop, and undici refuses to send Expect.
+  'expect',
 ]);
 
 /** Fields the gateway writes itself; a client's copy is dropped, never merged. */
@@ -54,7 +56,10 @@ export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeader
   const named = connectionTokens(headers.connection);
   for (const name in headers) {
     const value = headers[name];
-    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name)) continue;
+    // Names with `_` are dropped outright (as nginx does by default): CGI-style upstreams read
+    // X-User_ID and X-Forwarded_For as HTTP_X_USER_ID and HTTP_X_FORWARDED_FOR, the very
+    // variables the gateway's own headers become.
+    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name) || name.includes('_')) continue;
     if (named !== null && named.has(name)) continue;
     out[name] = value;
   }

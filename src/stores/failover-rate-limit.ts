@@ -1,0 +1,44 @@
+import type { Logger } from '../observability/logger.js';
+import type { MemoryRateLimitStore } from './memory-rate-limit.js';
+import type { RateLimitDecision, RateLimitStore } from './rate-limit-store.js';
+
+/**
+ * The shared store (Redis) with a per-process fallback. While the shared store fails, each
+ * process limits on its own, so N replicas admit up to N x L; a route that cannot accept that
+ * fails closed instead. The shared store is tried on every request, so limiting goes back to it
+ * by itself as soon as it answers again. Its client never queues commands while disconnected,
+ * so a failed attempt costs no waiting.
+ */
+export class FailoverRateLimitStore {
+  private failing = false;
+
+  constructor(
+    private readonly shared: RateLimitStore | null,
+    private readonly local: MemoryRateLimitStore,
+    private readonly logger: Logger,
+  ) {}
+
+  /** True while decisions come from the per-process fallback. */
+  get degraded(): boolean {
+    return this.failing;
+  }
+
+  /** A decision, or null when the shared store is down and the route fails closed. */
+  async consume(key: string, limit: number, windowMs: number, failClosed: boolean): Promise<RateLimitDecision | null> {
+    if (this.shared === null) return this.local.consumeNow(key, limit, windowMs);
+    try {
+      const decision = await this.shared.consume(key, limit, windowMs);
+      if (this.failing) {
+        this.failing = false;
+        this.logger.info('rate limiting is shared across replicas again');
+      }
+      return decision;
+    } catch (err) {
+      if (!this.failing) {
+        this.failing = true;
+        this.logger.warn({ cause: (err as Error).message }, 'rate-limit store unreachable: limiting per process until it returns');
+      }
+      return failClosed ? null : this.local.consumeNow(key, limit, windowMs);
+    }
+  }
+}

@@ -1,0 +1,49 @@
+import { gcra, type RateLimitDecision, type RateLimitStore } from './rate-limit-store.js';
+
+/**
+ * GCRA in process memory: the demo's store, and the fallback while Redis is away. Bounded: an
+ * entry whose TAT has passed says nothing a missing entry would not, so it is swept; past
+ * `maxKeys` the least recently used keys go first.
+ */
+export class MemoryRateLimitStore implements RateLimitStore {
+  private readonly tats = new Map<string, number>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly maxKeys = 100_000,
+    private readonly now: () => number = Date.now,
+    sweepEveryMs = 10_000,
+  ) {
+    this.sweeper = setInterval(() => this.sweep(), sweepEveryMs);
+    this.sweeper.unref();
+  }
+
+  consume(key: string, limit: number, windowMs: number): Promise<RateLimitDecision> {
+    return Promise.resolve(this.consumeNow(key, limit, windowMs));
+  }
+
+  consumeNow(key: string, limit: number, windowMs: number): RateLimitDecision {
+    const now = this.now();
+    const { decision, tat } = gcra(this.tats.get(key), now, limit, windowMs);
+    if (tat !== null) {
+      // Re-insert so that Map order is least recently used first.
+      this.tats.delete(key);
+      this.tats.set(key, tat);
+      if (this.tats.size > this.maxKeys) this.tats.delete(this.tats.keys().next().value!);
+    }
+    return decision;
+  }
+
+  get size(): number {
+    return this.tats.size;
+  }
+
+  sweep(): void {
+    const now = this.now();
+    for (const [key, tat] of this.tats) if (tat <= now) this.tats.delete(key);
+  }
+
+  close(): void {
+    clearInterval(this.sweeper);
+  }
+}
