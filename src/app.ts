@@ -2,7 +2,6 @@ import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { Redis } from 'ioredis';
 import { JwtVerifier } from './auth/jwt.js';
 import { compileConfig, type CompiledConfig } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
@@ -18,8 +17,13 @@ import { Exchange } from './pipeline/exchange.js';
 import { forward } from './pipeline/forward.js';
 import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
+import { RateLimitStage } from './pipeline/rate-limit.js';
 import { requestIdFrom } from './pipeline/request-id.js';
 import { upstreamRequestHeaders } from './pipeline/transform.js';
+import { FailoverRateLimitStore } from './stores/failover-rate-limit.js';
+import { MemoryRateLimitStore } from './stores/memory-rate-limit.js';
+import { createRedisClient } from './stores/redis-client.js';
+import { RedisRateLimitStore } from './stores/redis-rate-limit.js';
 import { UpstreamPools } from './upstream/pools.js';
 import { VERSION } from './version.js';
 
@@ -53,27 +57,16 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
   const framing = new FramingGuard();
 
-  const redis = env.REDIS_URL
-    ? new Redis(env.REDIS_URL, {
-        lazyConnect: true,
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        commandTimeout: 500,
-        connectTimeout: 1_000,
-        retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
-      })
-    : null;
-  if (redis) {
-    redis.on('error', (err: Error) => logger.debug({ err: { message: err.message } }, 'redis connection error'));
-    redis.connect().catch(() => {
-      // retried by the client's own strategy; /health reports it meanwhile
-    });
-  }
+  const redis = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
+  const localLimits = new MemoryRateLimitStore();
+  const limits = new FailoverRateLimitStore(redis ? new RedisRateLimitStore(redis) : null, localLimits, logger);
+  const rateLimit = new RateLimitStage(limits, logger, () => undefined);
 
   const health = new HealthMonitor({
     version: VERSION,
     authServiceUrl: env.AUTH_SERVICE_URL,
     redisPing: redis ? () => redis.ping() : null,
+    sharedStoreDegraded: () => limits.degraded,
     cacheMs: env.HEALTH_CACHE_MS,
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
@@ -161,7 +154,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 
   /**
    * The request path, in order: canonical path -> route match -> authenticate -> authorize ->
-   * transform -> forward. Each stage answers with the one error shape or lets the request on.
+   * rate limit -> transform -> forward. Each stage answers with the one error shape or lets the request on.
    */
   const proxy = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const ex = request.gw;
@@ -184,6 +177,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 
     let verdict: StageResult = await authenticate(ex, raw.headers.authorization, verifier);
     if (verdict === null) verdict = authorize(ex);
+    if (verdict === null) verdict = await rateLimit.check(ex);
     if (verdict !== null) return reject(reply, ex, verdict.code, verdict.detail, verdict.headers);
 
     const headers = upstreamRequestHeaders(ex, raw.headers, tls, route.preserveHost);
@@ -210,6 +204,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       await app.close();
       await pools.close();
       health.stop();
+      localLimits.close();
       redis?.disconnect();
     },
   };

@@ -69,6 +69,7 @@ export const envSchema = z
       .trim()
       .refine((v) => /^rediss?:\/\/.+/.test(v), 'must be a redis:// or rediss:// URL such as redis://redis:6379')
       .optional(),
+    REDIS_COMMAND_TIMEOUT_MS: int(5, 10_000, 'milliseconds a Redis command may hold a request').default(100),
     ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
     JWT_SECRET: z
       .string({ error: 'is required: set it from your secret manager (at least 32 bytes)' })

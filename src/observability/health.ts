@@ -19,6 +19,8 @@ export interface HealthDeps {
   authServiceUrl: string;
   /** Pings Redis; absent when the gateway runs on in-memory stores. */
   redisPing: (() => Promise<unknown>) | null;
+  /** True while the stores work from per-process fallbacks because Redis failed a command. */
+  sharedStoreDegraded: () => boolean;
   cacheMs: number;
   eventLoopThresholdMs: number;
   memoryLimitBytes: number;
@@ -145,12 +147,14 @@ export class HealthMonitor {
 
   private async checkRedis(): Promise<{ status: Status; detail: string }> {
     if (this.deps.redisPing === null) return { status: 'healthy', detail: 'in-memory stores (single process)' };
+    // Redis down is `degraded`: limits fall back to per-process counting and service goes on.
     try {
       await withTimeout(this.deps.redisPing(), PROBE_TIMEOUT_MS);
-      return { status: 'healthy', detail: 'redis reachable' };
     } catch {
-      return { status: 'unhealthy', detail: 'redis unreachable' };
+      return { status: 'degraded', detail: 'redis unreachable: limiting per process' };
     }
+    if (this.deps.sharedStoreDegraded()) return { status: 'degraded', detail: 'redis reachable again; recovering' };
+    return { status: 'healthy', detail: 'redis reachable' };
   }
 
   private checkMemory(): { status: Status; detail: string } {

@@ -97,7 +97,7 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     if (statusCode < 200 || this.settled) return;
     clearTimeout(this.timer);
     this.started = true;
-    this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex.id));
+    this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex));
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

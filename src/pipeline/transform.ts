@@ -1,5 +1,6 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { Exchange } from './exchange.js';
+import { rateLimitHeader } from './rate-limit.js';
 
 /** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
 const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -93,7 +94,7 @@ function single(value: string | string[] | undefined): string | undefined {
 }
 
 /** The upstream's response headers as the client receives them. */
-export function clientResponseHeaders(headers: IncomingHttpHeaders, requestId: string): OutgoingHttpHeaders {
+export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange): OutgoingHttpHeaders {
   const out: OutgoingHttpHeaders = {};
   const named = connectionTokens(headers.connection);
   for (const name in headers) {
@@ -102,6 +103,12 @@ export function clientResponseHeaders(headers: IncomingHttpHeaders, requestId: s
     if (named !== null && named.has(name)) continue;
     out[name] = value;
   }
-  out['x-request-id'] = requestId;
+  out['x-request-id'] = ex.id;
+  const limit = ex.rateLimit;
+  if (limit !== null) {
+    const policy = ex.route!.rateLimit;
+    out['ratelimit-policy'] = policy.policyHeader;
+    out.ratelimit = rateLimitHeader(policy.policyName, limit);
+  }
   return out;
 }
