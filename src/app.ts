@@ -67,6 +67,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     authServiceUrl: env.AUTH_SERVICE_URL,
     redisPing: redis ? () => redis.ping() : null,
     sharedStoreDegraded: () => limits.degraded,
+    probeSharedStore: () => limits.probe(),
     cacheMs: env.HEALTH_CACHE_MS,
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),

@@ -46,7 +46,11 @@ export const serviceSchema = z.strictObject({
 
 export const routeSchema = z
   .strictObject({
-    name: z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/, 'name is lower-case letters, digits, - _ . (it labels metrics and logs)'),
+    name: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9-_.]*$/, 'name is lower-case letters, digits, - _ . (it labels metrics and logs)')
+      // `ip` and `gateway` are taken by the rate-limit keys of anonymous clients and of the gateway itself.
+      .refine((n) => n !== 'ip' && n !== 'gateway', 'the names "ip" and "gateway" are reserved'),
     path: absolutePath('path').optional(),
     prefix: absolutePath('prefix').optional(),
     pattern: patternPath.optional(),

@@ -21,6 +21,8 @@ export interface HealthDeps {
   redisPing: (() => Promise<unknown>) | null;
   /** True while the stores work from per-process fallbacks because Redis failed a command. */
   sharedStoreDegraded: () => boolean;
+  /** Tries the shared store once, so that an idle gateway also leaves its fallback. */
+  probeSharedStore: () => Promise<void>;
   cacheMs: number;
   eventLoopThresholdMs: number;
   memoryLimitBytes: number;
@@ -153,6 +155,7 @@ export class HealthMonitor {
     } catch {
       return { status: 'degraded', detail: 'redis unreachable: limiting per process' };
     }
+    if (this.deps.sharedStoreDegraded()) await withTimeout(this.deps.probeSharedStore(), PROBE_TIMEOUT_MS).catch(() => undefined);
     if (this.deps.sharedStoreDegraded()) return { status: 'degraded', detail: 'redis reachable again; recovering' };
     return { status: 'healthy', detail: 'redis reachable' };
   }

@@ -11,6 +11,11 @@ export function rateLimitHeader(policy: string, d: RateLimitDecision): string {
   return `"${policy}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
 }
 
+/** A user id may hold ':'; escaped, it can never pose as a route key or an `ip:` key. UUIDs pass unchanged. */
+function keyPart(id: string): string {
+  return id.includes(':') || id.includes('%') ? id.replace(/%/g, '%25').replace(/:/g, '%3A') : id;
+}
+
 /**
  * Identity or client IP x route -> allow, or 429. The verified user is the subject on
  * authenticated routes (the spec's `rate_limit:{user_id}`); anonymous traffic is limited by the
@@ -27,7 +32,7 @@ export class RateLimitStage {
   async check(ex: Exchange): Promise<StageResult> {
     const route = ex.route!;
     const limit = route.rateLimit;
-    const subject = ex.identity !== null ? ex.identity.userId : `ip:${ex.clientIp}`;
+    const subject = ex.identity !== null ? keyPart(ex.identity.userId) : `ip:${ex.clientIp}`;
     const key = limit.ownKey ? `rate_limit:${route.name}:${subject}` : `rate_limit:${subject}`;
     const decision = await this.store.consume(key, limit.perMinute, RATE_WINDOW_MS, limit.failClosed);
     if (decision === null) {

@@ -23,15 +23,31 @@ export class FailoverRateLimitStore {
     return this.failing;
   }
 
+  /**
+   * One decision on the shared store, outside any client's budget, while the fallback is in use:
+   * an idle gateway has no traffic that would notice the shared store is back.
+   */
+  async probe(): Promise<void> {
+    if (this.shared === null || !this.failing) return;
+    try {
+      await this.shared.consume('rate_limit:gateway:probe', 1_000_000, 60_000);
+      this.recovered();
+    } catch {
+      // still failing; the next request or probe tries again
+    }
+  }
+
+  private recovered(): void {
+    this.failing = false;
+    this.logger.info('rate limiting is shared across replicas again');
+  }
+
   /** A decision, or null when the shared store is down and the route fails closed. */
   async consume(key: string, limit: number, windowMs: number, failClosed: boolean): Promise<RateLimitDecision | null> {
     if (this.shared === null) return this.local.consumeNow(key, limit, windowMs);
     try {
       const decision = await this.shared.consume(key, limit, windowMs);
-      if (this.failing) {
-        this.failing = false;
-        this.logger.info('rate limiting is shared across replicas again');
-      }
+      if (this.failing) this.recovered();
       return decision;
     } catch (err) {
       if (!this.failing) {
