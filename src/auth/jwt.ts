@@ -17,7 +17,11 @@ export interface JwtVerifierOptions {
   secret: string;
   maxLifetimeSeconds: number;
   clockSkewSeconds: number;
+  /** Milliseconds since the epoch; tests move it. */
+  now?: () => number;
 }
+
+export const VERIFIED_CACHE_SIZE = 10_000;
 
 const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
 
@@ -27,10 +31,14 @@ const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
  * token that claims a longer life than JWT_EXPIRES_IN (the HIPAA cap) is refused.
  */
 export class JwtVerifier {
+  private readonly now: () => number;
+
   private constructor(
     private readonly options: JwtVerifierOptions,
     private readonly key: webcrypto.CryptoKey,
-  ) {}
+  ) {
+    this.now = options.now ?? Date.now;
+  }
 
   /** Imports the HMAC key once: handing jose raw bytes would re-import it on every request. */
   static async create(options: JwtVerifierOptions): Promise<JwtVerifier> {
@@ -38,7 +46,31 @@ export class JwtVerifier {
     return new JwtVerifier(options, key);
   }
 
+  /**
+   * Authorization header -> verified result, for tokens that passed every check. A signature
+   * check costs tens of microseconds; a client sends the same token for its whole session. The
+   * exact header bytes are the key, so a hit is a token already verified byte for byte; its
+   * expiry is checked again on every hit. Bounded: the oldest entry makes room for a new one.
+   */
+  private readonly verified = new Map<string, VerifyResult & { ok: true }>();
+
   async verify(authorization: string | undefined): Promise<VerifyResult> {
+    if (authorization !== undefined) {
+      const hit = this.verified.get(authorization);
+      if (hit !== undefined) {
+        if (hit.identity.expiresAt + this.options.clockSkewSeconds > this.now() / 1000) return hit;
+        this.verified.delete(authorization);
+      }
+    }
+    const result = await this.verifyToken(authorization);
+    if (result.ok) {
+      if (this.verified.size >= VERIFIED_CACHE_SIZE) this.verified.delete(this.verified.keys().next().value!);
+      this.verified.set(authorization!, result);
+    }
+    return result;
+  }
+
+  private async verifyToken(authorization: string | undefined): Promise<VerifyResult> {
     if (authorization === undefined || authorization === '') {
       return { ok: false, reason: 'GW_AUTH_TOKEN_MISSING', detail: 'send Authorization: Bearer <token>' };
     }
@@ -52,6 +84,7 @@ export class JwtVerifier {
         algorithms: ['HS256'],
         requiredClaims: ['exp', 'sub'],
         clockTolerance: this.options.clockSkewSeconds,
+        currentDate: new Date(this.now()),
       }));
     } catch (err) {
       return mapJoseError(err);
@@ -64,19 +97,19 @@ export class JwtVerifier {
     if (typeof payload.iat === 'number' && exp - payload.iat > this.options.maxLifetimeSeconds) {
       return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token lives longer than the allowed maximum' };
     }
-    if (typeof payload.iat !== 'number' && exp - Date.now() / 1000 > this.options.maxLifetimeSeconds + this.options.clockSkewSeconds) {
+    if (typeof payload.iat !== 'number' && exp - this.now() / 1000 > this.options.maxLifetimeSeconds + this.options.clockSkewSeconds) {
       return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token lives longer than the allowed maximum' };
     }
     const level = payload.phi_access_level;
     return {
       ok: true,
-      identity: {
+      identity: Object.freeze({
         userId: payload.sub!,
         role,
         phiAccessLevel: typeof level === 'string' && /^[a-z_]{1,32}$/.test(level) ? level : 'none',
         tokenId: typeof payload.jti === 'string' ? payload.jti : null,
         expiresAt: exp,
-      },
+      }),
     };
   }
 }
