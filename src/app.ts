@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { JwtVerifier } from './auth/jwt.js';
@@ -9,6 +9,7 @@ import type { GatewayConfig } from './config/load.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
 import { AccessLog } from './observability/access-log.js';
 import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
+import { Metrics, UNMATCHED_PATH } from './observability/metrics.js';
 import type { Loggers, Logger } from './observability/logger.js';
 import { authenticate, type StageResult } from './pipeline/authenticate.js';
 import { authorize } from './pipeline/authorize.js';
@@ -60,7 +61,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const redis = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
   const localLimits = new MemoryRateLimitStore();
   const limits = new FailoverRateLimitStore(redis ? new RedisRateLimitStore(redis) : null, localLimits, logger);
-  const rateLimit = new RateLimitStage(limits, logger, () => undefined);
+  const metrics = env.ENABLE_METRICS ? new Metrics() : null;
+  const rateLimit = new RateLimitStage(limits, logger, () => metrics?.rateLimitExceeded());
 
   const health = new HealthMonitor({
     version: VERSION,
@@ -93,7 +95,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     // No onResponse hook runs for it either, so the access line is written here.
     frameworkErrors: (_err, request, reply) => {
       const ex = exchangeFor(request.id, request.raw);
-      reply.raw.once('finish', () => accessLog.write(ex, request.raw, reply.raw, false));
+      reply.raw.once('finish', () => recordExchange(ex, request.raw, reply.raw, UNMATCHED_PATH));
       reject(reply, ex, 'GW_BAD_PATH', 'the request path is not valid percent-encoding');
     },
   });
@@ -122,9 +124,17 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     done();
   });
 
-  // on the way out
+  // on the way out: access log and metrics, labelled by route template, never by raw path
+  const recordExchange = (ex: Exchange, req: IncomingMessage, res: ServerResponse, label: string) => {
+    const ms = performance.now() - ex.startedAt;
+    const status = res.writableFinished ? res.statusCode : 499;
+    accessLog.write(ex, req, status, ms, label.startsWith('/health'));
+    metrics?.request(req.method!, label, status, ms / 1000);
+  };
   app.addHook('onResponse', (request, reply, done) => {
-    accessLog.write(request.gw, request.raw, reply.raw, request.gw.route === null && request.url.startsWith('/health'));
+    const ex = request.gw;
+    const own = request.routeOptions.url;
+    recordExchange(ex, request.raw, reply.raw, ex.route !== null ? ex.route.template : own === undefined || own === '/*' ? UNMATCHED_PATH : own);
     // close() ends only the connections idle at that moment; a keep-alive connection whose
     // request was in flight becomes idle now, and must not hold the shutdown open.
     if (shuttingDown) setImmediate(closeIdle);
@@ -149,6 +159,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
   app.get('/health', (_req, reply) => report(reply, false));
   app.get('/health/ready', (_req, reply) => report(reply, true));
+  if (metrics !== null) {
+    app.get('/metrics', async (_req, reply) => {
+      const { contentType, body } = await metrics.exposition();
+      return reply.header('content-type', contentType).header('cache-control', 'no-store').send(body);
+    });
+  }
   app.get('/health/live', (_req, reply) => {
     reply.header('cache-control', 'no-store').send({ status: 'alive', service: 'api-gateway', version: VERSION });
   });
@@ -177,7 +193,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     ex.params = match.params;
 
     let verdict: StageResult = await authenticate(ex, raw.headers.authorization, verifier);
-    if (verdict === null) verdict = authorize(ex);
+    if (verdict !== null) metrics?.authFailure(verdict.code);
+    else verdict = authorize(ex);
     if (verdict === null) verdict = await rateLimit.check(ex);
     if (verdict !== null) return reject(reply, ex, verdict.code, verdict.detail, verdict.headers);
 

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { Exchange } from '../pipeline/exchange.js';
 import type { Logger } from './logger.js';
 
@@ -13,9 +13,8 @@ export class AccessLog {
     private readonly slowMs: number,
   ) {}
 
-  write(ex: Exchange, req: IncomingMessage, res: ServerResponse, quiet: boolean): void {
-    const ms = performance.now() - ex.startedAt;
-    const status = res.statusCode;
+  /** `status` is what the client got: 499 when it left before the answer was complete. */
+  write(ex: Exchange, req: IncomingMessage, status: number, ms: number, quiet: boolean): void {
     const slow = ms >= this.slowMs;
     const level = slow || status >= 500 ? 'warn' : quiet ? 'debug' : 'info';
     if (!this.logger.isLevelEnabled(level)) return;
@@ -25,7 +24,7 @@ export class AccessLog {
       method: req.method,
       path: ex.path || pathOnly(req.url),
       route: ex.route?.name ?? null,
-      status_code: res.writableFinished ? status : 499,
+      status_code: status,
       response_time_ms: Math.round(ms * 100) / 100,
       user_agent: req.headers['user-agent'] ?? null,
       ip_address: ex.clientIp,
