@@ -1,0 +1,101 @@
+import type { ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SignJWT } from 'jose';
+import { freePort, start, waitFor200 } from './procs.js';
+
+/**
+ * Every route is rate limited. The limiter stays in the path, so its cost is measured, but with
+ * the largest budget the schema allows (a burst of 1M, then ~16.7k req/s) a single wrk client
+ * does not trip it; if it ever does, the run fails on the 429s.
+ */
+const RATE_LIMIT = 1_000_000;
+
+export interface Gateway {
+  child: ChildProcess;
+  port: number;
+  /** The gateway's stdout: its access log. */
+  log: string;
+}
+
+/**
+ * The compiled gateway (`node dist/src/main.js` in root) with a routes file of two routes to the
+ * upstream: `/plain` (public) and `/authed` (auth: required), both rewritten to `/`.
+ */
+export async function startGateway(root: string, dir: string, upstreamPort: number, secret: string, cpu: string | null, nodeArgs: string[] = []): Promise<Gateway> {
+  const port = await freePort();
+  const routes = join(dir, 'routes.yaml');
+  await writeFile(
+    routes,
+    `services:
+  bench: { instances: ["http://127.0.0.1:${upstreamPort}"] }
+routes:
+  - { name: plain, prefix: /plain, service: bench, auth: public, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
+  - { name: authed, prefix: /authed, service: bench, auth: required, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
+`,
+  );
+  const log = join(dir, 'gateway.access.log');
+  // O_APPEND, so the file can be truncated between runs while the gateway keeps writing.
+  const out = openSync(log, 'a');
+  const err = openSync(join(dir, 'gateway.stderr.log'), 'a');
+  const child = start(process.execPath, [...nodeArgs, 'dist/src/main.js'], {
+    cpu,
+    cwd: root,
+    // Only what the gateway needs: a stray variable in the caller's shell must not change the setup.
+    env: {
+      PATH: process.env.PATH,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      JWT_SECRET: secret,
+      ROUTES_FILE: routes,
+      LOG_LEVEL: 'INFO',
+      AUTH_SERVICE_URL: 'http://127.0.0.1:9',
+    },
+    stdout: out,
+    stderr: err,
+  });
+  closeSync(out);
+  closeSync(err);
+  try {
+    await waitFor200(`http://127.0.0.1:${port}/health/live`, child, 'the gateway');
+  } catch (e) {
+    const stderr = await readFile(join(dir, 'gateway.stderr.log'), 'utf8').catch(() => '');
+    throw new Error(`${(e as Error).message}\n${stderr}`);
+  }
+  return { child, port, log };
+}
+
+/** An HS256 bearer token the gateway accepts: signed with its JWT_SECRET, with a known role. */
+export function signToken(secret: string, id = 'bench-token'): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ role: 'health_provider' })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject('bench-user')
+    .setJti(id)
+    .setIssuedAt(now)
+    // Under the gateway's 2 h lifetime cap, and longer than any sensible run.
+    .setExpirationTime(now + 7_000)
+    .sign(new TextEncoder().encode(secret));
+}
+
+/**
+ * A wrk script that sends `count` different tokens in turn. Once `count` exceeds the gateway's
+ * verified-token cache, a cyclic order means no request finds its token cached: every one pays
+ * for a full signature check, as the first request of each session does.
+ */
+export async function tokenRotationScript(dir: string, secret: string, count: number): Promise<string> {
+  const tokens = await Promise.all(Array.from({ length: count }, (_, i) => signToken(secret, `bench-token-${i}`)));
+  const file = join(dir, 'rotate-tokens.lua');
+  await writeFile(
+    file,
+    `local tokens = {\n${tokens.map((t) => `"Bearer ${t}",`).join('\n')}\n}
+local i = 0
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, { ["Authorization"] = tokens[i] })
+end
+`,
+  );
+  return file;
+}
