@@ -1,15 +1,24 @@
 import type { IncomingMessage } from 'node:http';
 import type { Exchange } from '../pipeline/exchange.js';
-import type { Logger } from './logger.js';
+import { isoTimestamp, type AccessSink } from './logger.js';
+
+const LEVEL = { debug: 'DEBUG', info: 'INFO', warn: 'WARN' } as const;
+
+/** A JSON string, or null. Values that cannot hold a quote or a control character skip escaping. */
+function str(value: string | null | undefined): string {
+  return value === null || value === undefined ? 'null' : JSON.stringify(value);
+}
 
 /**
  * One line per request with the spec's fields, built from an allow-list: the path is the
  * canonical path without its query (query values may carry PHI), and no header but the
- * user agent is ever copied.
+ * user agent is ever copied. The line is assembled here rather than by the logger: with a fixed
+ * set of fields, most known to need no escaping, that costs a fraction of a generic serializer,
+ * on the one log call every request makes.
  */
 export class AccessLog {
   constructor(
-    private readonly logger: Logger,
+    private readonly sink: AccessSink,
     private readonly slowMs: number,
   ) {}
 
@@ -17,21 +26,17 @@ export class AccessLog {
   write(ex: Exchange, req: IncomingMessage, status: number, ms: number, quiet: boolean): void {
     const slow = ms >= this.slowMs;
     const level = slow || status >= 500 ? 'warn' : quiet ? 'debug' : 'info';
-    if (!this.logger.isLevelEnabled(level)) return;
-    const line = {
-      request_id: ex.id,
-      user_id: ex.identity?.userId ?? null,
-      method: req.method,
-      path: ex.path || pathOnly(req.url),
-      route: ex.route?.name ?? null,
-      status_code: status,
-      response_time_ms: Math.round(ms * 100) / 100,
-      user_agent: req.headers['user-agent'] ?? null,
-      ip_address: ex.clientIp,
-      upstream: ex.upstreamOrigin,
-      error_code: ex.errorCode,
-    };
-    this.logger[level](line, slow ? 'slow request' : 'request');
+    if (!this.sink.enabled[level]) return;
+    // request_id is well-formed by construction (request-id.ts), the method is an HTTP token,
+    // route names and error codes are validated identifiers: none needs escaping.
+    this.sink.write(
+      `{"level":"${LEVEL[level]}","timestamp":"${isoTimestamp()}","service":"api-gateway","request_id":"${ex.id}"` +
+        `,"user_id":${str(ex.identity?.userId)},"method":"${req.method}","path":${str(ex.path || pathOnly(req.url))}` +
+        `,"route":${ex.route === null ? 'null' : `"${ex.route.name}"`},"status_code":${status}` +
+        `,"response_time_ms":${Math.round(ms * 100) / 100},"user_agent":${str(req.headers['user-agent'])}` +
+        `,"ip_address":${str(ex.clientIp)},"upstream":${str(ex.upstreamOrigin)}` +
+        `,"error_code":${ex.errorCode === null ? 'null' : `"${ex.errorCode}"`},"message":"${slow ? 'slow request' : 'request'}"}\n`,
+    );
   }
 }
 

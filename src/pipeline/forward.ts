@@ -176,8 +176,8 @@ export function forward(
       method: req.method!,
       headers,
       body,
-      // A backstop only: ProxyHandler keeps the precise response timeout.
-      headersTimeout: route.timeoutMs + 1_000,
+      // ProxyHandler keeps the response timeout itself (precise, and covering queued requests).
+      headersTimeout: 0,
       bodyTimeout: route.bodyIdleTimeoutMs,
     },
     new ProxyHandler(ex, res, done, route.timeoutMs),

