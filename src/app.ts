@@ -192,10 +192,15 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     ex.route = route;
     ex.params = match.params;
 
-    let verdict: StageResult = await authenticate(ex, raw.headers.authorization, verifier);
+    // Stages answer at once when they can (public route, known token, in-memory limits).
+    let pending = authenticate(ex, raw.headers.authorization, verifier);
+    let verdict: StageResult = pending instanceof Promise ? await pending : pending;
     if (verdict !== null) metrics?.authFailure(verdict.code);
     else verdict = authorize(ex);
-    if (verdict === null) verdict = await rateLimit.check(ex);
+    if (verdict === null) {
+      pending = rateLimit.check(ex);
+      verdict = pending instanceof Promise ? await pending : pending;
+    }
     if (verdict !== null) return reject(reply, ex, verdict.code, verdict.detail, verdict.headers);
 
     const headers = upstreamRequestHeaders(ex, raw.headers, tls, route.preserveHost);

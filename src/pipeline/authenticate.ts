@@ -1,4 +1,4 @@
-import type { JwtVerifier } from '../auth/jwt.js';
+import type { JwtVerifier, VerifyResult } from '../auth/jwt.js';
 import type { Exchange } from './exchange.js';
 import type { ErrorCode } from '../errors.js';
 
@@ -6,10 +6,17 @@ export type StageResult = null | { code: ErrorCode; detail: string; headers?: Re
 
 const PASS: StageResult = null;
 
-/** Bearer JWT -> verified identity on every route whose auth is `required`. */
-export async function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier): Promise<StageResult> {
+/**
+ * Bearer JWT -> verified identity on every route whose auth is `required`. Answers at once for
+ * public routes and tokens verified before; only a new token waits for a signature check.
+ */
+export function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier): StageResult | Promise<StageResult> {
   if (ex.route!.auth === 'public') return PASS;
-  const result = await verifier.verify(authorization);
+  const hit = verifier.cached(authorization);
+  return hit !== undefined ? verdict(ex, hit) : verifier.verify(authorization).then((result) => verdict(ex, result));
+}
+
+function verdict(ex: Exchange, result: VerifyResult): StageResult {
   if (result.ok) {
     ex.identity = result.identity;
     return PASS;

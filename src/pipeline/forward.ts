@@ -58,13 +58,23 @@ export type ForwardDone = (ex: Exchange, err: Error | null) => void;
  * Streams the upstream response straight onto the client socket, with backpressure both ways:
  * no body is ever buffered whole.
  */
+const HANDLER = Symbol('proxy handler');
+type ResponseWithHandler = ServerResponse & { [HANDLER]?: ProxyHandler };
+
+function onTimeout(handler: ProxyHandler, timeoutMs: number): void {
+  handler.timedOut(timeoutMs);
+}
+
+function onClientClose(this: ResponseWithHandler): void {
+  this[HANDLER]?.clientClosed();
+}
+
 class ProxyHandler implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null = null;
   private started = false;
   /** The exchange has ended (answered, failed or timed out); later callbacks change nothing. */
   private settled = false;
-  private readonly onClientClose: () => void;
-  private readonly onDrain: () => void;
+  private onDrain: (() => void) | null = null;
   private readonly timer: NodeJS.Timeout;
 
   constructor(
@@ -76,16 +86,20 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     // undici's own headersTimeout runs on a coarse timer (about 500 ms ticks) and only once the
     // request is written: a 200 ms route timeout could fire after a second, and a request queued
     // behind a busy pool would have none. The route's timeout gets a timer of its own.
-    this.timer = setTimeout(() => {
-      const err = new ResponseTimeout(timeoutMs);
-      if (this.controller !== null) this.controller.abort(err);
-      else this.fail(err);
-    }, timeoutMs);
-    this.onClientClose = () => {
-      if (!this.res.writableFinished) this.controller?.abort(new Error('client closed the connection'));
-    };
-    this.onDrain = () => this.controller?.resume();
-    res.once('close', this.onClientClose);
+    // Shared functions with arguments rather than closures: nothing extra to allocate per request.
+    this.timer = setTimeout(onTimeout, timeoutMs, this, timeoutMs);
+    (res as ResponseWithHandler)[HANDLER] = this;
+    res.on('close', onClientClose);
+  }
+
+  timedOut(timeoutMs: number): void {
+    const err = new ResponseTimeout(timeoutMs);
+    if (this.controller !== null) this.controller.abort(err);
+    else this.fail(err);
+  }
+
+  clientClosed(): void {
+    if (!this.res.writableFinished) this.controller?.abort(new Error('client closed the connection'));
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -103,6 +117,7 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (!this.res.write(chunk)) {
       controller.pause();
+      this.onDrain ??= () => this.controller?.resume();
       this.res.once('drain', this.onDrain);
     }
   }

@@ -29,12 +29,19 @@ export class RateLimitStage {
     private readonly onExceeded: (ex: Exchange) => void,
   ) {}
 
-  async check(ex: Exchange): Promise<StageResult> {
+  /** Immediate with the in-memory store; a promise when the decision is Redis's. */
+  check(ex: Exchange): StageResult | Promise<StageResult> {
     const route = ex.route!;
     const limit = route.rateLimit;
     const subject = ex.identity !== null ? keyPart(ex.identity.userId) : `ip:${ex.clientIp}`;
     const key = limit.ownKey ? `rate_limit:${route.name}:${subject}` : `rate_limit:${subject}`;
-    const decision = await this.store.consume(key, limit.perMinute, RATE_WINDOW_MS, limit.failClosed);
+    const decision = this.store.consume(key, limit.perMinute, RATE_WINDOW_MS, limit.failClosed);
+    return decision instanceof Promise ? decision.then((d) => this.verdict(ex, d)) : this.verdict(ex, decision);
+  }
+
+  private verdict(ex: Exchange, decision: RateLimitDecision | null): StageResult {
+    const route = ex.route!;
+    const limit = route.rateLimit;
     if (decision === null) {
       return { code: 'GW_DEPENDENCY_UNAVAILABLE', detail: 'rate limiting is unavailable and this route fails closed', headers: { 'retry-after': '1' } };
     }

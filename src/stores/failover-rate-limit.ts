@@ -42,11 +42,19 @@ export class FailoverRateLimitStore {
     this.logger.info('rate limiting is shared across replicas again');
   }
 
-  /** A decision, or null when the shared store is down and the route fails closed. */
-  async consume(key: string, limit: number, windowMs: number, failClosed: boolean): Promise<RateLimitDecision | null> {
+  /**
+   * A decision, or null when the shared store is down and the route fails closed. Without a
+   * shared store (one process, the demo) the answer is immediate.
+   */
+  consume(key: string, limit: number, windowMs: number, failClosed: boolean): RateLimitDecision | Promise<RateLimitDecision | null> {
     if (this.shared === null) return this.local.consumeNow(key, limit, windowMs);
+    return this.consumeShared(key, limit, windowMs, failClosed);
+  }
+
+  private async consumeShared(key: string, limit: number, windowMs: number, failClosed: boolean): Promise<RateLimitDecision | null> {
+    const shared = this.shared!;
     try {
-      const decision = await this.shared.consume(key, limit, windowMs);
+      const decision = await shared.consume(key, limit, windowMs);
       if (this.failing) this.recovered();
       return decision;
     } catch (err) {
