@@ -1,10 +1,12 @@
 import { readFileSync } from 'node:fs';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { JwtVerifier } from './auth/jwt.js';
 import { compileConfig, type CompiledConfig } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
+import { RESERVED_PATHS } from './config/routes-schema.js';
 import type { GatewayConfig } from './config/load.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
 import { AccessLog } from './observability/access-log.js';
@@ -77,29 +79,31 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
   });
 
+  /**
+   * One server, two doors: the gateway's own endpoints go to the framework, everything else
+   * walks the request path below directly, without the framework's per-request machinery.
+   */
+  const serverOptions = { maxHeaderSize: env.MAX_HEADER_BYTES, requireHostHeader: false };
   const app = Fastify({
     logger: false,
     requestIdHeader: false,
     genReqId: (req) => requestIdFrom(req.headers['x-request-id']),
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    keepAliveTimeout: env.KEEP_ALIVE_TIMEOUT_MS,
-    requestTimeout: env.CLIENT_REQUEST_TIMEOUT_MS,
     bodyLimit: env.MAX_BODY_BYTES,
-    // A missing Host gets the gateway's own 400 (framing.ts), not Node's bare one.
-    http: { maxHeaderSize: env.MAX_HEADER_BYTES, requireHostHeader: false },
-    ...(tls ? { https: { cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' as const } } : {}),
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
-    // The router refuses an undecodable path before any hook runs; without this the framework
-    // would answer in its own shape, with no request id and the raw path echoed back.
-    // No onResponse hook runs for it either, so the access line is written here.
-    frameworkErrors: (_err, request, reply) => {
-      const ex = exchangeFor(request.id, request.raw);
-      reply.raw.once('finish', () => recordExchange(ex, request.raw, reply.raw, UNMATCHED_PATH));
-      reject(reply, ex, 'GW_BAD_PATH', 'the request path is not valid percent-encoding');
+    serverFactory: (ownEndpoints) => {
+      const handler = (req: IncomingMessage, res: ServerResponse) => (isOwnEndpoint(req.url!) ? ownEndpoints(req, res) : handleRequest(req, res));
+      // A missing Host gets the gateway's own 400 (framing.ts), not Node's bare one.
+      const server = tls
+        ? createHttpsServer({ ...serverOptions, cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' }, handler)
+        : createHttpServer(serverOptions, handler);
+      server.keepAliveTimeout = env.KEEP_ALIVE_TIMEOUT_MS;
+      server.requestTimeout = env.CLIENT_REQUEST_TIMEOUT_MS;
+      server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
+      return server;
     },
   });
-  app.server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
 
   // Bodies are streamed to the upstream untouched: nothing is parsed or buffered here.
   app.removeAllContentTypeParsers();
@@ -130,17 +134,20 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const status = res.writableFinished ? res.statusCode : 499;
     accessLog.write(ex, req, status, ms, label.startsWith('/health'));
     metrics?.request(req.method!, label, status, ms / 1000);
-  };
-  app.addHook('onResponse', (request, reply, done) => {
-    const ex = request.gw;
-    const own = request.routeOptions.url;
-    recordExchange(ex, request.raw, reply.raw, ex.route !== null ? ex.route.template : own === undefined || own === '/*' ? UNMATCHED_PATH : own);
     // close() ends only the connections idle at that moment; a keep-alive connection whose
     // request was in flight becomes idle now, and must not hold the shutdown open.
     if (shuttingDown) setImmediate(closeIdle);
+  };
+  const closeIdle = () => app.server.closeIdleConnections();
+  app.addHook('onResponse', (request, reply, done) => {
+    recordExchange(request.gw, request.raw, reply.raw, request.routeOptions.url ?? UNMATCHED_PATH);
     done();
   });
-  const closeIdle = () => app.server.closeIdleConnections();
+  /** Shared by every proxied response ('close' follows 'finish', or an abort): no closure per request. */
+  function exchangeClosed(this: ServerResponse & { [EXCHANGE]?: Exchange }): void {
+    const ex = this[EXCHANGE]!;
+    recordExchange(ex, this.req, this, ex.route !== null ? ex.route.template : UNMATCHED_PATH);
+  }
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, request, reply) => {
     const ex = request.gw;
@@ -170,30 +177,46 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   });
 
   /**
-   * The request path, in order: canonical path -> route match -> authenticate -> authorize ->
-   * rate limit -> transform -> forward. Each stage answers with the one error shape or lets the request on.
+   * The request path, in order: request id -> framing -> canonical path -> route match ->
+   * authenticate -> authorize -> rate limit -> transform -> forward; on the way out (on the
+   * response's 'close') the access line and metrics. Each stage answers with the one error shape
+   * or lets the request on.
    */
-  const proxy = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const ex = request.gw;
-    const raw = request.raw;
-    const url = raw.url!;
+  const handleRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const ex = exchangeFor(requestIdFrom(req.headers['x-request-id']), req);
+    (res as ServerResponse & { [EXCHANGE]?: Exchange })[EXCHANGE] = ex;
+    res.on('close', exchangeClosed);
+    const badFraming = framing.check(req);
+    if (badFraming !== null) {
+      framing.refuseConnection(req.socket);
+      return answer(res, ex, 'GW_BAD_REQUEST', badFraming, { connection: 'close' });
+    }
+    if (shuttingDown) return answer(res, ex, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
+    proxy(ex, req, res).catch((err: unknown) => {
+      logger.error({ err, request_id: ex.id }, 'unhandled error');
+      answer(res, ex, 'GW_INTERNAL', 'the gateway failed to handle the request');
+    });
+  };
+
+  const proxy = async (ex: Exchange, req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const url = req.url!;
     const q = url.indexOf('?');
     const path = normalizePath(q === -1 ? url : url.slice(0, q));
-    if (path === null) return reject(reply, ex, 'GW_BAD_PATH', 'the request path is not a valid absolute path');
+    if (path === null) return answer(res, ex, 'GW_BAD_PATH', 'the request path is not a valid absolute path');
     ex.path = path;
     ex.query = q === -1 ? '' : url.slice(q + 1);
 
-    const match = compiled.router.match(raw.method!, path, raw.headers);
-    if (match.kind === 'not-found') return reject(reply, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path');
+    const match = compiled.router.match(req.method!, path, req.headers);
+    if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path');
     if (match.kind === 'method-not-allowed') {
-      return reject(reply, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
+      return answer(res, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
     }
     const route = match.route;
     ex.route = route;
     ex.params = match.params;
 
     // Stages answer at once when they can (public route, known token, in-memory limits).
-    let pending = authenticate(ex, raw.headers.authorization, verifier);
+    let pending = authenticate(ex, req.headers.authorization, verifier);
     let verdict: StageResult = pending instanceof Promise ? await pending : pending;
     if (verdict !== null) metrics?.authFailure(verdict.code);
     else verdict = authorize(ex);
@@ -201,19 +224,16 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       pending = rateLimit.check(ex);
       verdict = pending instanceof Promise ? await pending : pending;
     }
-    if (verdict !== null) return reject(reply, ex, verdict.code, verdict.detail, verdict.headers);
+    if (verdict !== null) return answer(res, ex, verdict.code, verdict.detail, verdict.headers);
 
-    const headers = upstreamRequestHeaders(ex, raw.headers, tls, route.preserveHost);
-    reply.hijack();
-    forward(ex, route, raw, reply.raw, headers, onForwarded);
+    forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded);
   };
   const onForwarded = (ex: Exchange, err: Error | null) => {
     if (err !== null && ex.errorCode !== null) {
       logger.warn({ request_id: ex.id, route: ex.route?.name, upstream: ex.upstreamOrigin, error_code: ex.errorCode, cause: (err as NodeJS.ErrnoException).code }, 'upstream request failed');
     }
   };
-  app.all('/*', proxy);
-  app.setNotFoundHandler(proxy);
+  app.setNotFoundHandler((request, reply) => reject(reply, request.gw, 'GW_METHOD_NOT_ALLOWED', 'the gateway answers GET here', { allow: 'GET, HEAD' }));
 
   await app.ready();
 
@@ -233,10 +253,24 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
 }
 
-function reject(reply: FastifyReply, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
+const EXCHANGE = Symbol('exchange');
+
+/** Own endpoints, matched on the path before the query; everything else is proxied. */
+const OWN_ENDPOINTS: ReadonlySet<string> = new Set(RESERVED_PATHS);
+
+function isOwnEndpoint(url: string): boolean {
+  const q = url.indexOf('?');
+  return OWN_ENDPOINTS.has(q === -1 ? url : url.slice(0, q));
+}
+
+function answer(res: ServerResponse, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
   ex.errorCode = code;
+  writeProblem(res, code, ex.id, detail, headers);
+}
+
+function reject(reply: FastifyReply, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
   reply.hijack();
-  writeProblem(reply.raw, code, ex.id, detail, headers);
+  answer(reply.raw, ex, code, detail, headers);
 }
 
 function answerClientError(err: NodeJS.ErrnoException, socket: Socket, logger: Logger): void {

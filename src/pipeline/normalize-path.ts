@@ -57,6 +57,15 @@ function decodeUnreserved(path: string): string | null {
 function canonicalise(path: string): string | null {
   const decoded = decodeUnreserved(path);
   if (decoded === null) return null;
+  // Escapes that are not UTF-8 (overlong forms such as %C0%AE for '.') mean different things to
+  // different decoders: refuse them rather than guess which one the upstream uses.
+  if (decoded.includes('%')) {
+    try {
+      decodeURIComponent(decoded);
+    } catch {
+      return null;
+    }
+  }
   const segments = decoded.split('/');
   const out: string[] = [];
   const last = segments.length - 1;
