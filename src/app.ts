@@ -146,6 +146,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   /** Shared by every proxied response ('close' follows 'finish', or an abort): no closure per request. */
   function exchangeClosed(this: ServerResponse & { [EXCHANGE]?: Exchange }): void {
     const ex = this[EXCHANGE]!;
+    ex.inFlight?.clientClosed();
     recordExchange(ex, this.req, this, ex.route !== null ? ex.route.template : UNMATCHED_PATH);
   }
 

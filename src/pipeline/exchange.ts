@@ -15,6 +15,8 @@ export class Exchange {
   identity: Identity | null = null;
   rateLimit: RateLimitDecision | null = null;
   upstreamOrigin: string | null = null;
+  /** The upstream call under way, told when the client's response closes. */
+  inFlight: { clientClosed(): void } | null = null;
   /** Why the gateway itself answered, when it did: an error code from errors.ts. */
   errorCode: string | null = null;
 

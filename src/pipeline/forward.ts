@@ -58,15 +58,8 @@ export type ForwardDone = (ex: Exchange, err: Error | null) => void;
  * Streams the upstream response straight onto the client socket, with backpressure both ways:
  * no body is ever buffered whole.
  */
-const HANDLER = Symbol('proxy handler');
-type ResponseWithHandler = ServerResponse & { [HANDLER]?: ProxyHandler };
-
 function onTimeout(handler: ProxyHandler, timeoutMs: number): void {
   handler.timedOut(timeoutMs);
-}
-
-function onClientClose(this: ResponseWithHandler): void {
-  this[HANDLER]?.clientClosed();
 }
 
 class ProxyHandler implements Dispatcher.DispatchHandler {
@@ -88,8 +81,8 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     // behind a busy pool would have none. The route's timeout gets a timer of its own.
     // Shared functions with arguments rather than closures: nothing extra to allocate per request.
     this.timer = setTimeout(onTimeout, timeoutMs, this, timeoutMs);
-    (res as ResponseWithHandler)[HANDLER] = this;
-    res.on('close', onClientClose);
+    // The response's one 'close' listener (app.ts) tells the exchange, which tells this handler.
+    ex.inFlight = this;
   }
 
   timedOut(timeoutMs: number): void {
