@@ -246,6 +246,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       if (shuttingDown) return;
       shuttingDown = true;
       await app.close();
+      accessLog.flush();
       await pools.close();
       health.stop();
       localLimits.close();

@@ -4,6 +4,8 @@ import { isoTimestamp, type AccessSink } from './logger.js';
 
 const LEVEL = { debug: 'DEBUG', info: 'INFO', warn: 'WARN' } as const;
 
+const BATCH_CHARS = 8192;
+
 /** A JSON string, or null. Values that cannot hold a quote or a control character skip escaping. */
 function str(value: string | null | undefined): string {
   return value === null || value === undefined ? 'null' : JSON.stringify(value);
@@ -17,10 +19,40 @@ function str(value: string | null | undefined): string {
  * on the one log call every request makes.
  */
 export class AccessLog {
+  /**
+   * Lines of this event-loop turn, handed to the stream together. The stream measures the byte
+   * length of its growing buffer on every write, which copies it whole each time: one write per
+   * batch instead of one per line saves several microseconds a request under load.
+   */
+  private pending = '';
+  private scheduled = false;
+  private readonly flushNow = () => this.flush();
+
   constructor(
     private readonly sink: AccessSink,
     private readonly slowMs: number,
   ) {}
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.pending === '') return;
+    const lines = this.pending;
+    this.pending = '';
+    this.sink.write(lines);
+  }
+
+  private emit(line: string): void {
+    if (!this.sink.batch) {
+      this.sink.write(line);
+      return;
+    }
+    this.pending += line;
+    if (this.pending.length >= BATCH_CHARS) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushNow);
+    }
+  }
 
   /** `status` is what the client got: 499 when it left before the answer was complete. */
   write(ex: Exchange, req: IncomingMessage, status: number, ms: number, quiet: boolean): void {
@@ -29,7 +61,7 @@ export class AccessLog {
     if (!this.sink.enabled[level]) return;
     // request_id is well-formed by construction (request-id.ts), the method is an HTTP token,
     // route names and error codes are validated identifiers: none needs escaping.
-    this.sink.write(
+    this.emit(
       `{"level":"${LEVEL[level]}","timestamp":"${isoTimestamp()}","service":"api-gateway","request_id":"${ex.id}"` +
         `,"user_id":${str(ex.identity?.userId)},"method":"${req.method}","path":${str(ex.path || pathOnly(req.url))}` +
         `,"route":${ex.route === null ? 'null' : `"${ex.route.name}"`},"status_code":${status}` +

@@ -43,6 +43,8 @@ function timestamp(): string {
 export interface AccessSink {
   write(line: string): unknown;
   enabled: { debug: boolean; info: boolean; warn: boolean };
+  /** Hand lines over in batches (see access-log.ts); off for in-memory destinations in tests. */
+  batch: boolean;
 }
 
 export interface Loggers {
@@ -76,6 +78,7 @@ export function createLoggers(level: string, destination?: DestinationStream): L
     access: {
       write: (line) => stream.write(line),
       enabled: { debug: log.isLevelEnabled('debug'), info: log.isLevelEnabled('info'), warn: log.isLevelEnabled('warn') },
+      batch: destination === undefined,
     },
   };
 }
