@@ -34,13 +34,14 @@ const BANNERS: ReadonlySet<string> = new Set(['server', 'x-powered-by', 'x-aspne
 
 /** Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1). */
 function connectionTokens(value: string | string[] | undefined): Set<string> | null {
-  if (value === undefined) return null;
-  const tokens = new Set<string>();
+  // Nearly every message says just one of these: nothing to parse or allocate.
+  if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return null;
+  let tokens: Set<string> | null = null;
   for (const part of (Array.isArray(value) ? value.join(',') : value).split(',')) {
     const t = part.trim().toLowerCase();
-    if (t !== '' && t !== 'close' && t !== 'keep-alive') tokens.add(t);
+    if (t !== '' && t !== 'close' && t !== 'keep-alive') (tokens ??= new Set()).add(t);
   }
-  return tokens.size === 0 ? null : tokens;
+  return tokens;
 }
 
 /** Identity headers are the gateway's word about the caller: only it may write them. */
