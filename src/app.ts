@@ -193,13 +193,16 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       return answer(res, ex, 'GW_BAD_REQUEST', badFraming, { connection: 'close' });
     }
     if (shuttingDown) return answer(res, ex, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
-    proxy(ex, req, res).catch((err: unknown) => {
-      logger.error({ err, request_id: ex.id }, 'unhandled error');
-      answer(res, ex, 'GW_INTERNAL', 'the gateway failed to handle the request');
-    });
+    try {
+      routeAndAuthenticate(ex, req, res);
+    } catch (err) {
+      failed(ex, res, err);
+    }
   };
 
-  const proxy = async (ex: Exchange, req: IncomingMessage, res: ServerResponse): Promise<void> => {
+  // The stages run synchronously while they can (public route, known token, in-memory limits);
+  // only a stage that waits on I/O (a new token's signature, Redis) continues in a callback.
+  const routeAndAuthenticate = (ex: Exchange, req: IncomingMessage, res: ServerResponse): void => {
     const url = req.url!;
     const q = url.indexOf('?');
     const path = normalizePath(q === -1 ? url : url.slice(0, q));
@@ -212,22 +215,35 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     if (match.kind === 'method-not-allowed') {
       return answer(res, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
     }
-    const route = match.route;
-    ex.route = route;
+    ex.route = match.route;
     ex.params = match.params;
 
-    // Stages answer at once when they can (public route, known token, in-memory limits).
-    let pending = authenticate(ex, req.headers.authorization, verifier);
-    let verdict: StageResult = pending instanceof Promise ? await pending : pending;
-    if (verdict !== null) metrics?.authFailure(verdict.code);
-    else verdict = authorize(ex);
-    if (verdict === null) {
-      pending = rateLimit.check(ex);
-      verdict = pending instanceof Promise ? await pending : pending;
-    }
-    if (verdict !== null) return answer(res, ex, verdict.code, verdict.detail, verdict.headers);
+    const verdict = authenticate(ex, req.headers.authorization, verifier);
+    if (verdict instanceof Promise) verdict.then((v) => authorizeAndLimit(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
+    else authorizeAndLimit(ex, req, res, verdict);
+  };
 
+  const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {
+    if (authenticated !== null) {
+      metrics?.authFailure(authenticated.code);
+      return answer(res, ex, authenticated.code, authenticated.detail, authenticated.headers);
+    }
+    const denied = authorize(ex);
+    if (denied !== null) return answer(res, ex, denied.code, denied.detail, denied.headers);
+    const verdict = rateLimit.check(ex);
+    if (verdict instanceof Promise) verdict.then((v) => transformAndForward(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
+    else transformAndForward(ex, req, res, verdict);
+  };
+
+  const transformAndForward = (ex: Exchange, req: IncomingMessage, res: ServerResponse, limited: StageResult): void => {
+    if (limited !== null) return answer(res, ex, limited.code, limited.detail, limited.headers);
+    const route = ex.route!;
     forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded);
+  };
+
+  const failed = (ex: Exchange, res: ServerResponse, err: unknown): void => {
+    logger.error({ err, request_id: ex.id }, 'unhandled error');
+    answer(res, ex, 'GW_INTERNAL', 'the gateway failed to handle the request');
   };
   const onForwarded = (ex: Exchange, err: Error | null) => {
     if (err !== null && ex.errorCode !== null) {

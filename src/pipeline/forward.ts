@@ -158,7 +158,7 @@ export function forward(
   route: CompiledRoute,
   req: IncomingMessage,
   res: ServerResponse,
-  headers: Record<string, string | string[]>,
+  headers: string[],
   done: ForwardDone,
 ): boolean {
   let body: IncomingMessage | BodyLimit | null = null;
