@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Exchange } from './exchange.js';
 import { rateLimitHeader } from './rate-limit.js';
 
@@ -96,22 +96,25 @@ function single(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
-/** The upstream's response headers as the client receives them. */
-export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
+/** Response fields the gateway writes itself: an upstream's copy is dropped, never doubled. */
+const RESPONSE_OWNED: ReadonlySet<string> = new Set(['x-request-id', 'ratelimit', 'ratelimit-policy']);
+
+/** The upstream's response headers as the client receives them, as a flat [name, value, ...] list. */
+export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange): string[] {
+  const out: string[] = [];
   const named = connectionTokens(headers.connection);
   for (const name in headers) {
     const value = headers[name];
-    if (value === undefined || HOP_BY_HOP.has(name) || BANNERS.has(name)) continue;
+    if (value === undefined || HOP_BY_HOP.has(name) || BANNERS.has(name) || RESPONSE_OWNED.has(name)) continue;
     if (named !== null && named.has(name)) continue;
-    out[name] = value;
+    if (typeof value === 'string') out.push(name, value);
+    else for (const v of value) out.push(name, v);
   }
-  out['x-request-id'] = ex.id;
+  out.push('x-request-id', ex.id);
   const limit = ex.rateLimit;
   if (limit !== null) {
     const policy = ex.route!.rateLimit;
-    out['ratelimit-policy'] = policy.policyHeader;
-    out.ratelimit = rateLimitHeader(policy.policyName, limit);
+    out.push('ratelimit-policy', policy.policyHeader, 'ratelimit', rateLimitHeader(policy.policyName, limit));
   }
   return out;
 }
