@@ -90,7 +90,6 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     genReqId: (req) => requestIdFrom(req.headers['x-request-id']),
     return503OnClosing: false,
     forceCloseConnections: 'idle',
-    bodyLimit: env.MAX_BODY_BYTES,
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
     serverFactory: (ownEndpoints) => {
       const handler = (req: IncomingMessage, res: ServerResponse) => (isOwnEndpoint(req.url!) ? ownEndpoints(req, res) : handleRequest(req, res));
@@ -105,24 +104,29 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     },
   });
 
-  // Bodies are streamed to the upstream untouched: nothing is parsed or buffered here.
+  // The own endpoints take no body: whatever a client sends is never parsed or buffered.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', (_req, _payload, done) => done(null));
 
   app.decorateRequest('gw', null as unknown as Exchange);
 
-  // request id -> exchange; the shutting-down gate
-  app.addHook('onRequest', (request, reply, done) => {
-    const raw = request.raw;
-    request.gw = exchangeFor(request.id, raw);
-    const badFraming = framing.check(raw);
+  /** The gate every request passes first, own endpoint or proxied: framing, then shutdown. */
+  const admission = (req: IncomingMessage): StageResult => {
+    const badFraming = framing.check(req);
     if (badFraming !== null) {
-      framing.refuseConnection(raw.socket);
-      reject(reply, request.gw, 'GW_BAD_REQUEST', badFraming, { connection: 'close' });
-      return;
+      framing.refuseConnection(req.socket);
+      return { code: 'GW_BAD_REQUEST', detail: badFraming, headers: CLOSE };
     }
-    if (shuttingDown) {
-      reject(reply, request.gw, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
+    if (shuttingDown) return { code: 'GW_SHUTTING_DOWN', detail: 'the gateway is shutting down; retry on a new connection', headers: CLOSE };
+    return null;
+  };
+
+  app.addHook('onRequest', (request, reply, done) => {
+    request.gw = exchangeFor(request.id, request.raw);
+    const refused = admission(request.raw);
+    if (refused !== null) {
+      reply.hijack();
+      refuse(reply.raw, request.gw, refused);
       return;
     }
     done();
@@ -187,12 +191,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const ex = exchangeFor(requestIdFrom(req.headers['x-request-id']), req);
     (res as ServerResponse & { [EXCHANGE]?: Exchange })[EXCHANGE] = ex;
     res.on('close', exchangeClosed);
-    const badFraming = framing.check(req);
-    if (badFraming !== null) {
-      framing.refuseConnection(req.socket);
-      return answer(res, ex, 'GW_BAD_REQUEST', badFraming, { connection: 'close' });
-    }
-    if (shuttingDown) return answer(res, ex, 'GW_SHUTTING_DOWN', 'the gateway is shutting down; retry on a new connection', { connection: 'close' });
+    const refused = admission(req);
+    if (refused !== null) return refuse(res, ex, refused);
     try {
       routeAndAuthenticate(ex, req, res);
     } catch (err) {
@@ -226,17 +226,17 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {
     if (authenticated !== null) {
       metrics?.authFailure(authenticated.code);
-      return answer(res, ex, authenticated.code, authenticated.detail, authenticated.headers);
+      return refuse(res, ex, authenticated);
     }
     const denied = authorize(ex);
-    if (denied !== null) return answer(res, ex, denied.code, denied.detail, denied.headers);
+    if (denied !== null) return refuse(res, ex, denied);
     const verdict = rateLimit.check(ex);
     if (verdict instanceof Promise) verdict.then((v) => transformAndForward(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
     else transformAndForward(ex, req, res, verdict);
   };
 
   const transformAndForward = (ex: Exchange, req: IncomingMessage, res: ServerResponse, limited: StageResult): void => {
-    if (limited !== null) return answer(res, ex, limited.code, limited.detail, limited.headers);
+    if (limited !== null) return refuse(res, ex, limited);
     const route = ex.route!;
     forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded);
   };
@@ -284,6 +284,13 @@ function isOwnEndpoint(url: string): boolean {
 function answer(res: ServerResponse, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
   ex.errorCode = code;
   writeProblem(res, code, ex.id, detail, headers);
+}
+
+const CLOSE = { connection: 'close' };
+
+/** Answers with a stage's verdict. */
+function refuse(res: ServerResponse, ex: Exchange, verdict: NonNullable<StageResult>): void {
+  answer(res, ex, verdict.code, verdict.detail, verdict.headers);
 }
 
 function reject(reply: FastifyReply, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {

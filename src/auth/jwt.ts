@@ -54,19 +54,22 @@ export class JwtVerifier {
    */
   private readonly verified = new Map<string, VerifyResult & { ok: true }>();
 
-  /** A token verified before and not expired since, without waiting: the common case. */
-  cached(authorization: string | undefined): VerifyResult | undefined {
-    if (authorization === undefined) return undefined;
-    const hit = this.verified.get(authorization);
-    if (hit === undefined) return undefined;
-    if (hit.identity.expiresAt + this.options.clockSkewSeconds > this.now() / 1000) return hit;
-    this.verified.delete(authorization);
-    return undefined;
+  /**
+   * The verdict on an Authorization header: at once for a token verified before and not
+   * expired since (the common case), after a signature check otherwise.
+   */
+  verify(authorization: string | undefined): VerifyResult | Promise<VerifyResult> {
+    if (authorization !== undefined) {
+      const hit = this.verified.get(authorization);
+      if (hit !== undefined) {
+        if (hit.identity.expiresAt + this.options.clockSkewSeconds > this.now() / 1000) return hit;
+        this.verified.delete(authorization);
+      }
+    }
+    return this.verifyAndRemember(authorization);
   }
 
-  async verify(authorization: string | undefined): Promise<VerifyResult> {
-    const hit = this.cached(authorization);
-    if (hit !== undefined) return hit;
+  private async verifyAndRemember(authorization: string | undefined): Promise<VerifyResult> {
     const result = await this.verifyToken(authorization);
     if (result.ok) {
       if (this.verified.size >= VERIFIED_CACHE_SIZE) this.evictOldest();

@@ -12,8 +12,8 @@ const PASS: StageResult = null;
  */
 export function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier): StageResult | Promise<StageResult> {
   if (ex.route!.auth === 'public') return PASS;
-  const hit = verifier.cached(authorization);
-  return hit !== undefined ? verdict(ex, hit) : verifier.verify(authorization).then((result) => verdict(ex, result));
+  const result = verifier.verify(authorization);
+  return result instanceof Promise ? result.then((r) => verdict(ex, r)) : verdict(ex, result);
 }
 
 function verdict(ex: Exchange, result: VerifyResult): StageResult {

@@ -150,8 +150,8 @@ function hasBody(headers: IncomingMessage['headers']): boolean {
 }
 
 /**
- * Sends the request to one instance of the route's service. Returns false when the gateway
- * answered itself (a body over the limit), true once the request is on its way.
+ * Sends the request to one instance of the route's service, unless its declared body is over
+ * the route's limit: then the gateway answers 413 itself.
  */
 export function forward(
   ex: Exchange,
@@ -160,14 +160,14 @@ export function forward(
   res: ServerResponse,
   headers: string[],
   done: ForwardDone,
-): boolean {
+): void {
   let body: IncomingMessage | BodyLimit | null = null;
   if (hasBody(req.headers)) {
     const length = req.headers['content-length'];
     if (length !== undefined && Number(length) > route.maxBodyBytes) {
       ex.errorCode = 'GW_BODY_TOO_LARGE';
       writeProblem(res, 'GW_BODY_TOO_LARGE', ex.id, `request body exceeds ${route.maxBodyBytes} bytes`, { connection: 'close' });
-      return false;
+      return;
     }
     body = length === undefined ? req.pipe(new BodyLimit(route.maxBodyBytes)) : req;
   }
@@ -190,5 +190,4 @@ export function forward(
     },
     new ProxyHandler(ex, res, done, route.timeoutMs),
   );
-  return true;
 }
