@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
+
+export { freePort } from '../test/helpers/ports.js';
 
 /**
  * Every process the benchmark starts is tracked here, so that a failure or Ctrl-C never leaves
@@ -62,17 +63,6 @@ process.once('exit', () => {
   for (const child of children) signalGroup(child, 'SIGKILL');
 });
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const address = srv.address();
-      const port = typeof address === 'object' && address !== null ? address.port : 0;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 /** Polls until the URL answers 200, failing early if the process behind it has died. */
 export async function waitFor200(url: string, child: ChildProcess, what: string, timeoutMs = 15_000): Promise<void> {

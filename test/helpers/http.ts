@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
 import { Client, type Dispatcher } from 'undici';
+import { rawExchange } from './raw-http.js';
 
 export interface ProblemBody {
   type: string;
@@ -67,47 +67,15 @@ export function expectProblem(answer: Answer, status: number, code: string): Pro
 }
 
 /**
- * Writes bytes on a new TCP connection and parses the one response that comes back. For
- * requests an HTTP client refuses to send (malformed syntax). Resolves when the server closes
- * the connection or a complete response with a content-length has arrived.
+ * Writes bytes on a new TCP connection and returns the first response, for requests an HTTP
+ * client refuses to send (malformed syntax). The bytes must make the server close the
+ * connection (a malformed request, or Connection: close).
  */
-export function rawRequest(port: number, bytes: string | Buffer): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1', () => socket.write(bytes));
-    let data = Buffer.alloc(0);
-    let done = false;
-    const finish = () => {
-      if (done) return;
-      const parsed = parse(data);
-      if (parsed === null) return;
-      done = true;
-      socket.destroy();
-      resolve(parsed);
-    };
-    socket.on('data', (chunk: Buffer) => {
-      data = Buffer.concat([data, chunk]);
-      finish();
-    });
-    socket.on('close', () => {
-      finish();
-      if (!done) reject(new Error(`connection closed without a complete response: ${JSON.stringify(data.toString('latin1'))}`));
-    });
-    // A reset after the response arrived is the server discarding what it did not read.
-    socket.on('error', () => undefined);
-  });
-}
-
-function parse(data: Buffer): Answer | null {
-  const end = data.indexOf('\r\n\r\n');
-  if (end === -1) return null;
-  const [statusLine, ...lines] = data.subarray(0, end).toString('latin1').split('\r\n');
-  const headers: Record<string, string> = {};
-  for (const line of lines) {
-    const colon = line.indexOf(':');
-    headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-  }
-  const length = Number(headers['content-length'] ?? NaN);
-  const body = data.subarray(end + 4);
-  if (!Number.isFinite(length) || body.length < length) return null;
-  return { statusCode: Number(statusLine!.split(' ')[1]), headers, text: body.subarray(0, length).toString('utf8') };
+export async function rawRequest(port: number, bytes: string | Buffer): Promise<Answer> {
+  const { responses, text } = await rawExchange(port, bytes);
+  const first = responses[0];
+  if (first === undefined) throw new Error(`connection closed without a complete response: ${JSON.stringify(text)}`);
+  const headers: Record<string, string | string[]> = {};
+  for (const [name, values] of first.headers) headers[name] = values.length === 1 ? values[0]! : values;
+  return { statusCode: first.status, headers, text: first.body };
 }

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { isIP } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
-import { routesFor, type TestGateway } from '../helpers/gateway.js';
+import { routesFor, type TestGateway, startTestGateway } from '../helpers/gateway.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { accessLine, startGateway } from './support.js';
+import { accessLine } from './support.js';
 
 const SPOOF = '203.0.113.66';
 
@@ -40,7 +40,7 @@ for (const [label, env] of [
 
     before(async () => {
       upstream = await startUpstream();
-      gw = await startGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]), env);
+      gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]), env);
     });
     after(async () => {
       await gw.close();
@@ -77,8 +77,8 @@ describe('forwarding headers from a trusted proxy (TRUSTED_PROXIES=127.0.0.1)', 
   before(async () => {
     upstream = await startUpstream();
     const routes = routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]);
-    gw = await startGateway(routes, { TRUSTED_PROXIES: '127.0.0.1' });
-    gwTrustingLan = await startGateway(routes, { TRUSTED_PROXIES: '127.0.0.1,10.0.0.0/8' });
+    gw = await startTestGateway(routes, { TRUSTED_PROXIES: '127.0.0.1' });
+    gwTrustingLan = await startTestGateway(routes, { TRUSTED_PROXIES: '127.0.0.1,10.0.0.0/8' });
   });
   after(async () => {
     await gw.close();

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
-import { routesFor, type TestGateway } from '../helpers/gateway.js';
+import { routesFor, type TestGateway, startTestGateway } from '../helpers/gateway.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { header, rawExchange, startGateway } from './support.js';
+import { header, rawExchange } from '../helpers/raw-http.js';
 
 // undici refuses to send most of these fields, so requests carrying them are written by hand.
 function get(path: string, lines: string[]): string {
@@ -16,7 +16,7 @@ describe('hop-by-hop request fields stay at the gateway', () => {
 
   before(async () => {
     upstream = await startUpstream();
-    gw = await startGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
+    gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
   });
   after(async () => {
     await gw.close();
@@ -119,7 +119,7 @@ describe('hop-by-hop response fields stay at the gateway', () => {
       res.addTrailers({ 'x-checksum': 'internal-secret-3' });
       res.end('body');
     });
-    gw = await startGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
+    gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
   });
   after(async () => {
     await gw.close();

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
-import { routesFor, type TestGateway } from '../helpers/gateway.js';
+import { routesFor, type TestGateway, startTestGateway } from '../helpers/gateway.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type ReceivedRequest, type TestUpstream } from '../helpers/upstream.js';
-import { rawExchange, startGateway } from './support.js';
+import { rawExchange } from '../helpers/raw-http.js';
 
 /** Field names at the upstream that claim to say who the caller is. */
 function identityFields(seen: ReceivedRequest): string[] {
@@ -30,7 +30,7 @@ describe('identity headers come from the verified token only', () => {
 
   before(async () => {
     upstream = await startUpstream();
-    gw = await startGateway(
+    gw = await startTestGateway(
       routesFor(upstream.url, [
         { name: 'open', prefix: '/public', auth: 'public' },
         { name: 'records', prefix: '/records', auth: 'required' },

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
-import type { TestGateway } from '../helpers/gateway.js';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/ports.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { accessLine, rawExchange, startGateway, waitForLog } from './support.js';
+import { rawExchange } from '../helpers/raw-http.js';
+import { accessLine, waitForLog } from './support.js';
 
 describe('credentials never reach the logs', () => {
   let upstream: TestUpstream;
@@ -22,7 +23,7 @@ describe('credentials never reach the logs', () => {
       });
     });
     const nobody = await freePort();
-    gw = await startGateway(
+    gw = await startTestGateway(
       {
         services: { backend: { instances: [upstream.url] }, gone: { instances: [`http://127.0.0.1:${nobody}`] } },
         routes: [

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { routesFor, type TestGateway } from '../helpers/gateway.js';
+import { routesFor, type TestGateway, startTestGateway } from '../helpers/gateway.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { accessLine, header, problemOf, rawExchange, type RawResponse, startGateway } from './support.js';
+import { header, problemOf, rawExchange, type RawResponse } from '../helpers/raw-http.js';
+import { accessLine } from './support.js';
 
 /**
  * A public prefix next to protected ones: a spelling that the gateway routed as public but the
@@ -90,7 +91,7 @@ describe('path spellings are refused or routed by their one canonical path', () 
 
   before(async () => {
     upstream = await startUpstream();
-    gw = await startGateway(routesFor(upstream.url, ROUTES));
+    gw = await startTestGateway(routesFor(upstream.url, ROUTES));
     token = await signToken({ sub: 'u-1', role: 'health_provider' });
   });
   after(async () => {

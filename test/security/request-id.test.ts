@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
-import { routesFor, type TestGateway } from '../helpers/gateway.js';
+import { routesFor, type TestGateway, startTestGateway } from '../helpers/gateway.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { accessLine, header, problemOf, rawExchange, startGateway, UUID, waitForLog } from './support.js';
+import { header, problemOf, rawExchange } from '../helpers/raw-http.js';
+import { accessLine, UUID, waitForLog } from './support.js';
 
 describe('X-Request-ID', () => {
   let upstream: TestUpstream;
@@ -18,7 +19,7 @@ describe('X-Request-ID', () => {
         res.end(JSON.stringify({ url: received.url }));
       });
     });
-    gw = await startGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
+    gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/public', auth: 'public' }]));
   });
   after(async () => {
     await gw.close();

@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import { request } from 'undici';
 import type { TestGateway } from '../helpers/gateway.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
-import { header, problemOf, rawExchange, startGateway } from './support.js';
+import { startTestGateway } from '../helpers/gateway.js';
+import { header, problemOf, rawExchange } from '../helpers/raw-http.js';
 
 /**
  * Each payload is a first request whose framing two parsers could read differently, followed by
@@ -56,7 +57,7 @@ describe('ambiguous request framing is refused and never yields a second upstrea
   before(async () => {
     upstream = await startUpstream();
     // One upstream connection keeps upstream order = dispatch order, so the barrier below is a real barrier.
-    gw = await startGateway({
+    gw = await startTestGateway({
       services: { backend: { instances: [upstream.url], maxConnections: 1 } },
       routes: [{ name: 'open', prefix: '/public', auth: 'public', service: 'backend' }],
     });
