@@ -250,7 +250,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       logger.warn({ request_id: ex.id, route: ex.route?.name, upstream: ex.upstreamOrigin, error_code: ex.errorCode, cause: (err as NodeJS.ErrnoException).code }, 'upstream request failed');
     }
   };
-  app.setNotFoundHandler((request, reply) => reject(reply, request.gw, 'GW_METHOD_NOT_ALLOWED', 'the gateway answers GET here', { allow: 'GET, HEAD' }));
+  // An own endpoint with another method is 405; /metrics with ENABLE_METRICS=false is 404.
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?', 1)[0]!;
+    if (path === '/metrics' && metrics === null) return reject(reply, request.gw, 'GW_ROUTE_NOT_FOUND', 'metrics are disabled (ENABLE_METRICS=false)');
+    reject(reply, request.gw, 'GW_METHOD_NOT_ALLOWED', 'the gateway answers GET here', { allow: 'GET, HEAD' });
+  });
 
   await app.ready();
 

@@ -90,3 +90,23 @@ describe('Prometheus metrics', () => {
     assert.equal(gatewaySeries(after), before);
   });
 });
+
+describe('metrics switched off', () => {
+  it('answers /metrics with 404 and an own endpoint with another method with 405', async () => {
+    const upstream = await startUpstream();
+    const gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/open', auth: 'public' }]), { ENABLE_METRICS: 'false' });
+    try {
+      const off = await request(`${gw.url}/metrics`);
+      assert.equal(off.statusCode, 404);
+      assert.equal(((await off.body.json()) as { code: string }).code, 'GW_ROUTE_NOT_FOUND');
+      const post = await request(`${gw.url}/health`, { method: 'POST' });
+      assert.equal(post.statusCode, 405);
+      assert.equal(post.headers.allow, 'GET, HEAD');
+      await post.body.dump();
+      assert.equal(upstream.received.length, 0);
+    } finally {
+      await gw.close();
+      await upstream.close();
+    }
+  });
+});
