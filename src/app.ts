@@ -20,13 +20,16 @@ import { Exchange } from './pipeline/exchange.js';
 import { forward } from './pipeline/forward.js';
 import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
-import { RateLimitStage } from './pipeline/rate-limit.js';
+import { AccessCheck } from './pipeline/access-check.js';
+import { AuthFlows } from './pipeline/auth-flows.js';
 import { requestIdFrom } from './pipeline/request-id.js';
 import { upstreamRequestHeaders } from './pipeline/transform.js';
-import { FailoverRateLimitStore } from './stores/failover-rate-limit.js';
-import { MemoryRateLimitStore } from './stores/memory-rate-limit.js';
+import { SessionValidator } from './auth/sessions.js';
+import { AccessControl } from './stores/failover-access-store.js';
+import { MemoryAccessStore } from './stores/memory-access-store.js';
+import { RedisAccessStore } from './stores/redis-access-store.js';
 import { createRedisClient } from './stores/redis-client.js';
-import { RedisRateLimitStore } from './stores/redis-rate-limit.js';
+import { BREAK_GLASS_HEADER } from './pipeline/authorize.js';
 import { UpstreamPools } from './upstream/pools.js';
 import { VERSION } from './version.js';
 
@@ -48,7 +51,18 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const { env } = config;
   const pools = new UpstreamPools();
   const compiled: CompiledConfig = compileConfig(config.routes, env, pools);
-  const verifier = await JwtVerifier.create({ secret: env.JWT_SECRET, maxLifetimeSeconds: env.JWT_EXPIRES_IN, clockSkewSeconds: 30 });
+  const verifier = await JwtVerifier.create({
+    keys: [
+      { secret: env.JWT_SECRET, kid: env.JWT_KID },
+      ...(env.JWT_PREVIOUS_SECRET !== undefined ? [{ secret: env.JWT_PREVIOUS_SECRET, kid: env.JWT_PREVIOUS_KID, untilMs: env.JWT_PREVIOUS_SECRET_EXPIRES_AT }] : []),
+    ],
+    maxLifetimeSeconds: env.JWT_EXPIRES_IN,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    issuer: env.JWT_ISSUER,
+    audience: env.JWT_AUDIENCE,
+    jwksUrl: env.JWT_JWKS_URL,
+    jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
+  });
   const addresses = new ClientAddress(env.TRUSTED_PROXIES.length > 0 ? trustedProxyList(env.TRUSTED_PROXIES) : null);
   const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
   const tls = Boolean(env.TLS_CERT_FILE);
@@ -61,17 +75,32 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const framing = new FramingGuard();
 
   const redis = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
-  const localLimits = new MemoryRateLimitStore();
-  const limits = new FailoverRateLimitStore(redis ? new RedisRateLimitStore(redis) : null, localLimits, logger);
+  const local = new MemoryAccessStore();
+  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis) : null, local, logger);
+  // Revocations announced by other replicas, mirrored for use while Redis is away.
+  const subscriber = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
+  if (subscriber !== null) accessControl.listen(subscriber);
   const metrics = env.ENABLE_METRICS ? new Metrics() : null;
-  const rateLimit = new RateLimitStage(limits, logger, () => metrics?.rateLimitExceeded());
+  const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
+  const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, () => metrics?.rateLimitExceeded());
+  const flows = new AuthFlows(
+    accessControl,
+    {
+      maxFailuresPerAccount: env.LOGIN_MAX_FAILURES_PER_ACCOUNT,
+      maxFailuresPerIp: env.LOGIN_MAX_FAILURES_PER_IP,
+      failureWindowMs: env.LOGIN_FAILURE_WINDOW_SECONDS * 1000,
+      maxTokenLifetimeSeconds: env.JWT_EXPIRES_IN,
+      clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    },
+    logger,
+  );
 
   const health = new HealthMonitor({
     version: VERSION,
     authServiceUrl: env.AUTH_SERVICE_URL,
     redisPing: redis ? () => redis.ping() : null,
-    sharedStoreDegraded: () => limits.degraded,
-    probeSharedStore: () => limits.probe(),
+    sharedStoreDegraded: () => accessControl.degraded,
+    probeSharedStore: () => accessControl.probe(),
     cacheMs: env.HEALTH_CACHE_MS,
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
@@ -183,7 +212,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 
   /**
    * The request path, in order: request id -> framing -> canonical path -> route match ->
-   * authenticate -> authorize -> rate limit -> transform -> forward; on the way out (on the
+   * authenticate -> authorize -> access check (revocation, session, rate limit: one store round
+   * trip) -> transform -> forward (or an auth flow); on the way out (on the
    * response's 'close') the access line and metrics. Each stage answers with the one error shape
    * or lets the request on.
    */
@@ -228,17 +258,26 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       metrics?.authFailure(authenticated.code);
       return refuse(res, ex, authenticated);
     }
-    const denied = authorize(ex);
+    const denied = authorize(ex, compiled.permissions, req.headers[BREAK_GLASS_HEADER]);
     if (denied !== null) return refuse(res, ex, denied);
-    const verdict = rateLimit.check(ex);
+    if (ex.breakGlass !== null) {
+      logger.warn({ request_id: ex.id, route: ex.route!.name, user_id: ex.identity!.userId, break_glass: true }, 'break-glass access');
+    }
+    const verdict = accessCheck.check(ex);
     if (verdict instanceof Promise) verdict.then((v) => transformAndForward(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
     else transformAndForward(ex, req, res, verdict);
   };
 
   const transformAndForward = (ex: Exchange, req: IncomingMessage, res: ServerResponse, limited: StageResult): void => {
-    if (limited !== null) return refuse(res, ex, limited);
+    if (limited !== null) {
+      if (limited.code === 'GW_AUTH_TOKEN_REVOKED' || limited.code === 'GW_AUTH_SESSION_INVALID') metrics?.authFailure(limited.code);
+      return refuse(res, ex, limited);
+    }
     const route = ex.route!;
-    forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded);
+    if (route.action === null) return forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, null);
+    flows
+      .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, body))
+      .catch((err: unknown) => failed(ex, res, err));
   };
 
   const failed = (ex: Exchange, res: ServerResponse, err: unknown): void => {
@@ -246,6 +285,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     answer(res, ex, 'GW_INTERNAL', 'the gateway failed to handle the request');
   };
   const onForwarded = (ex: Exchange, err: Error | null) => {
+    ex.after?.(ex);
     if (err !== null && ex.errorCode !== null) {
       logger.warn({ request_id: ex.id, route: ex.route?.name, upstream: ex.upstreamOrigin, error_code: ex.errorCode, cause: (err as NodeJS.ErrnoException).code }, 'upstream request failed');
     }
@@ -270,8 +310,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       accessLog.flush();
       await pools.close();
       health.stop();
-      localLimits.close();
+      local.close();
       redis?.disconnect();
+      subscriber?.disconnect();
     },
   };
 }

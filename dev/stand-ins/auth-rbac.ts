@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { SignJWT } from 'jose';
+import { decodeJwt, jwtVerify, SignJWT } from 'jose';
 import { readJson, sendJson } from './http-util.js';
 
 /**
@@ -30,8 +30,8 @@ export interface AuthStandInOptions {
   expiresIn: number;
 }
 
-export async function issueAccessToken(user: TestUser, options: AuthStandInOptions): Promise<string> {
-  return new SignJWT({ role: user.role, phi_access_level: user.phiAccessLevel, typ: 'access' })
+export async function issueAccessToken(user: TestUser, options: AuthStandInOptions, sessionId?: string): Promise<string> {
+  return new SignJWT({ role: user.role, phi_access_level: user.phiAccessLevel, typ: 'access', ...(sessionId !== undefined ? { sid: sessionId } : undefined) })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
     .setSubject(user.id)
     .setJti(randomUUID())
@@ -40,33 +40,79 @@ export async function issueAccessToken(user: TestUser, options: AuthStandInOptio
     .sign(new TextEncoder().encode(options.jwtSecret));
 }
 
-export function createAuthStandIn(options: AuthStandInOptions): Server {
-  return createServer((req, res) => {
+async function issueRefreshToken(user: TestUser, sessionId: string, options: AuthStandInOptions): Promise<string> {
+  return new SignJWT({ typ: 'refresh', sid: sessionId })
+    .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
+    .setSubject(user.id)
+    .setJti(randomUUID())
+    .setIssuedAt()
+    .setExpirationTime('24h')
+    .sign(new TextEncoder().encode(options.jwtSecret));
+}
+
+export interface AuthStandIn extends Server {
+  /** Live sessions: id -> user id. A test may end one to see the gateway refuse its tokens. */
+  readonly sessions: Map<string, string>;
+}
+
+/**
+ * Login, refresh, logout and session lookup, as the gateway expects them of auth-rbac:
+ * - POST /api/v1/auth/login: the spec's body and response shape; opens a session (`sid` claim);
+ * - POST /api/v1/auth/refresh `{ refresh_token }`: a new access token for a live session;
+ * - POST /api/v1/auth/logout (Bearer access token, optional `{ refresh_token }`): ends the session;
+ * - GET /api/v1/auth/sessions/{id}: `{ active, user_id }`, or 404 once it has ended.
+ */
+export function createAuthStandIn(options: AuthStandInOptions): AuthStandIn {
+  const sessions = new Map<string, string>();
+  const revokedRefresh = new Set<string>();
+  const key = new TextEncoder().encode(options.jwtSecret);
+  const tokensFor = async (user: TestUser, sessionId: string) => ({
+    access_token: await issueAccessToken(user, options, sessionId),
+    refresh_token: await issueRefreshToken(user, sessionId, options),
+    expires_in: options.expiresIn,
+    user: { id: user.id, email: user.email, role: user.role },
+  });
+  const server = createServer((req, res) => {
     void (async () => {
       const url = new URL(req.url ?? '/', 'http://auth-rbac');
       if (req.method === 'GET' && url.pathname === '/health') return sendJson(res, 200, { status: 'healthy', service: 'auth-rbac' });
+      if (req.method === 'GET' && url.pathname.startsWith('/api/v1/auth/sessions/')) {
+        const userId = sessions.get(decodeURIComponent(url.pathname.slice('/api/v1/auth/sessions/'.length)));
+        return userId === undefined ? sendJson(res, 404, { error: 'session_not_found' }) : sendJson(res, 200, { active: true, user_id: userId });
+      }
       if (req.method === 'POST' && url.pathname === '/api/v1/auth/login') {
         const body = (await readJson(req)) as { email?: unknown; password?: unknown; mfa_token?: unknown } | null;
         const user = TEST_USERS.find((u) => u.email === body?.email && u.password === body?.password);
         if (!user || (body?.mfa_token !== undefined && user.mfa !== undefined && body.mfa_token !== user.mfa)) {
           return sendJson(res, 401, { error: 'invalid_credentials', message: 'email, password or MFA token is wrong' });
         }
-        const accessToken = await issueAccessToken(user, options);
-        const refreshToken = await new SignJWT({ typ: 'refresh' })
-          .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
-          .setSubject(user.id)
-          .setJti(randomUUID())
-          .setIssuedAt()
-          .setExpirationTime('24h')
-          .sign(new TextEncoder().encode(options.jwtSecret));
-        return sendJson(res, 200, {
-          access_token: accessToken,
-          refresh_token: refreshToken,
-          expires_in: options.expiresIn,
-          user: { id: user.id, email: user.email, role: user.role },
-        });
+        const sessionId = randomUUID();
+        sessions.set(sessionId, user.id);
+        return sendJson(res, 200, await tokensFor(user, sessionId));
+      }
+      if (req.method === 'POST' && url.pathname === '/api/v1/auth/refresh') {
+        const body = (await readJson(req)) as { refresh_token?: unknown } | null;
+        try {
+          const { payload } = await jwtVerify(String(body?.refresh_token), key, { algorithms: ['HS256'] });
+          const user = TEST_USERS.find((u) => u.id === payload.sub);
+          const sessionId = typeof payload.sid === 'string' ? payload.sid : '';
+          if (payload.typ !== 'refresh' || !user || revokedRefresh.has(String(payload.jti)) || sessions.get(sessionId) !== user.id) throw new Error('refused');
+          revokedRefresh.add(String(payload.jti));
+          return sendJson(res, 200, await tokensFor(user, sessionId));
+        } catch {
+          return sendJson(res, 401, { error: 'invalid_refresh_token' });
+        }
+      }
+      if (req.method === 'POST' && url.pathname === '/api/v1/auth/logout') {
+        const body = (await readJson(req)) as { refresh_token?: unknown } | null;
+        const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1];
+        const sid = bearer ? decodeJwt(bearer).sid : undefined;
+        if (typeof sid === 'string') sessions.delete(sid);
+        if (typeof body?.refresh_token === 'string') revokedRefresh.add(String(decodeJwt(body.refresh_token).jti));
+        return sendJson(res, 200, { logged_out: true });
       }
       return sendJson(res, 404, { error: 'not_found' });
     })().catch(() => sendJson(res, 500, { error: 'internal' }));
   });
+  return Object.assign(server, { sessions });
 }

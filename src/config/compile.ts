@@ -1,4 +1,5 @@
 import type { Pool } from 'undici';
+import { permissionMatrix, type PermissionMatrix } from '../auth/permissions.js';
 import type { Role } from '../auth/roles.js';
 import type { Env } from './env.js';
 import type { RouteConfig, RoutesFile } from './routes-schema.js';
@@ -34,12 +35,17 @@ export interface CompiledRoute {
   readonly match: { readonly kind: 'exact' | 'prefix' | 'pattern'; readonly path: string };
   readonly methods: ReadonlySet<string> | null;
   readonly headers: ReadonlyArray<readonly [string, string]> | null;
-  readonly service: CompiledService;
+  /** Null only on a route the gateway answers itself (action: revoke). */
+  readonly service: CompiledService | null;
   /** One pool per service instance, in the service's order, with this route's connect timeout. */
   readonly upstreams: readonly Pool[];
   readonly rewrite: (path: string, params: Record<string, string> | null) => string;
   readonly auth: 'required' | 'public';
   readonly roles: ReadonlySet<Role> | null;
+  readonly permission: string | null;
+  readonly breakGlass: boolean;
+  readonly subject: { readonly param: string | null; readonly query: string | null; readonly unlessPermission: string | null } | null;
+  readonly action: 'login' | 'refresh' | 'logout' | 'revoke' | null;
   readonly timeoutMs: number;
   readonly bodyIdleTimeoutMs: number;
   readonly maxBodyBytes: number;
@@ -50,6 +56,7 @@ export interface CompiledRoute {
 
 export interface CompiledConfig {
   readonly router: Router;
+  readonly permissions: PermissionMatrix;
   readonly routes: readonly CompiledRoute[];
   readonly services: ReadonlyMap<string, CompiledService>;
 }
@@ -92,9 +99,9 @@ export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools):
   }
 
   const routes = file.routes.map((route): CompiledRoute => {
-    const svcConfig = file.services[route.service]!;
-    const service = services.get(route.service)!;
-    const connectTimeoutMs = route.connectTimeoutMs ?? svcConfig.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const svcConfig = route.service !== undefined ? file.services[route.service]! : null;
+    const service = route.service !== undefined ? services.get(route.service)! : null;
+    const connectTimeoutMs = route.connectTimeoutMs ?? svcConfig?.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const timeoutMs = route.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const kind = route.path !== undefined ? 'exact' : route.pattern !== undefined ? 'pattern' : 'prefix';
     const matchPath = route.path ?? route.pattern ?? route.prefix!;
@@ -111,10 +118,14 @@ export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools):
       methods,
       headers: route.headers ? Object.entries(route.headers).map(([k, v]) => [k.toLowerCase(), v] as const) : null,
       service,
-      upstreams: service.origins.map((origin) => pools.get(origin, { connectTimeoutMs, maxConnections: svcConfig.maxConnections })),
+      upstreams: service === null ? [] : service.origins.map((origin) => pools.get(origin, { connectTimeoutMs, maxConnections: svcConfig!.maxConnections })),
       rewrite: compileRewrite(route),
       auth: route.auth,
       roles: route.roles ? new Set(route.roles) : null,
+      permission: route.permission ?? null,
+      breakGlass: route.breakGlass,
+      subject: route.subject ? Object.freeze({ param: route.subject.param ?? null, query: route.subject.query ?? null, unlessPermission: route.subject.unlessPermission ?? null }) : null,
+      action: route.action ?? null,
       timeoutMs,
       bodyIdleTimeoutMs: Math.max(timeoutMs, MIN_BODY_IDLE_MS),
       maxBodyBytes: route.maxBodyBytes ?? env.MAX_BODY_BYTES,
@@ -124,5 +135,5 @@ export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools):
     });
   });
 
-  return Object.freeze({ router: new Router(routes), routes: Object.freeze(routes), services });
+  return Object.freeze({ router: new Router(routes), permissions: permissionMatrix(file.permissions), routes: Object.freeze(routes), services });
 }

@@ -75,6 +75,26 @@ export const envSchema = z
       .string({ error: 'is required: set it from your secret manager (at least 32 bytes)' })
       .refine((v) => Buffer.byteLength(v) >= 32, 'is too short: use at least 32 bytes from your secret manager'),
     JWT_EXPIRES_IN: int(1, 7200, 'seconds; HIPAA caps PHI access tokens at 7200').default(7200),
+    JWT_KID: z.string().trim().min(1).max(128).optional(),
+    JWT_PREVIOUS_SECRET: z
+      .string()
+      .refine((v) => Buffer.byteLength(v) >= 32, 'is too short: use at least 32 bytes from your secret manager')
+      .optional(),
+    JWT_PREVIOUS_KID: z.string().trim().min(1).max(128).optional(),
+    JWT_PREVIOUS_SECRET_EXPIRES_AT: z
+      .string()
+      .trim()
+      .refine((v) => Number.isFinite(Date.parse(v)), 'must be an ISO 8601 time such as 2026-12-01T00:00:00Z (end of the rotation overlap)')
+      .transform((v) => Date.parse(v))
+      .optional(),
+    JWT_ISSUER: z.string().trim().min(1).optional(),
+    JWT_AUDIENCE: z.string().trim().min(1).optional(),
+    JWT_CLOCK_SKEW_SECONDS: int(0, 300, 'seconds of clock difference tolerated on exp, nbf and iat').default(30),
+    JWT_JWKS_URL: httpUrl('https://auth.example.com/.well-known/jwks.json').optional(),
+    AUTH_REQUEST_TIMEOUT_MS: int(50, 30_000, 'milliseconds for a session check or a JWKS fetch').default(2_000),
+    LOGIN_MAX_FAILURES_PER_ACCOUNT: int(1, 10_000, 'failed logins per account per LOGIN_FAILURE_WINDOW_SECONDS').default(5),
+    LOGIN_MAX_FAILURES_PER_IP: int(1, 100_000, 'failed logins per client IP per LOGIN_FAILURE_WINDOW_SECONDS').default(20),
+    LOGIN_FAILURE_WINDOW_SECONDS: int(1, 86_400, 'seconds over which failed logins are counted').default(900),
     RATE_LIMIT_PER_MINUTE: int(1, 1_000_000, 'requests per minute per user').default(100),
     CORS_ALLOWED_ORIGINS: origins.default(['*']),
     LOG_LEVEL: z
@@ -100,6 +120,13 @@ export const envSchema = z
     MEMORY_LIMIT_MB: int(0, 1_048_576, 'MiB; 0 = the container limit, else the V8 heap limit').default(0),
   })
   .superRefine((env, ctx) => {
+    if (env.JWT_PREVIOUS_SECRET !== undefined && env.JWT_PREVIOUS_SECRET_EXPIRES_AT === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['JWT_PREVIOUS_SECRET_EXPIRES_AT'],
+        message: 'is required with JWT_PREVIOUS_SECRET: the end of the rotation overlap, such as 2026-12-01T00:00:00Z',
+      });
+    }
     if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) {
       ctx.addIssue({
         code: 'custom',
@@ -112,7 +139,7 @@ export const envSchema = z
 export type Env = z.output<typeof envSchema>;
 
 /** Variables that hold secrets: their values never appear in an error message. */
-const SECRET_VARS = new Set(['JWT_SECRET', 'REDIS_URL']);
+const SECRET_VARS = new Set(['JWT_SECRET', 'JWT_PREVIOUS_SECRET', 'REDIS_URL']);
 
 export function parseEnv(source: NodeJS.ProcessEnv): { env: Env } | { errors: string[] } {
   const input: Record<string, string> = {};

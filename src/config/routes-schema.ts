@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PERMISSION_PATTERN } from '../auth/permissions.js';
 import { ROLES } from '../auth/roles.js';
 
 export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
@@ -25,6 +26,8 @@ const patternPath = z
     (p) => p.split('/').slice(1).every((s) => PARAM.test(s) || (SEGMENT.test(s) && !s.includes(':'))),
     'pattern segments are literals or named parameters such as :patientId',
   );
+
+const permission = z.string().regex(PERMISSION_PATTERN, 'permissions are lower-case words joined by ":" such as records:read');
 
 const ms = (what: string) => z.number().int().min(1, `${what} must be at least 1 ms`).max(3_600_000, `${what} must be at most 3600000 ms`);
 
@@ -59,10 +62,24 @@ export const routeSchema = z
       .min(1)
       .optional(),
     headers: z.record(z.string().regex(/^[A-Za-z0-9-]+$/, 'header names are letters, digits and -'), z.string()).optional(),
-    service: z.string(),
+    /** Absent only for routes the gateway answers itself (action: revoke). */
+    service: z.string().optional(),
+    /**
+     * What the gateway does besides proxying: login, refresh and logout validate the body first
+     * (and logout revokes the tokens); revoke is the gateway's own revocation endpoint.
+     */
+    action: z.enum(['login', 'refresh', 'logout', 'revoke'], { error: 'action is login, refresh, logout or revoke' }).optional(),
     rewrite: z.string().optional(),
     auth: z.enum(['required', 'public'], { error: 'auth is "required" or "public"' }).default('required'),
     roles: z.array(z.enum(ROLES, { error: `roles are ${ROLES.join(', ')}` })).min(1).optional(),
+    permission: permission.optional(),
+    /** An admin may use this route without its role or permission, with a reason header, flagged for audit. */
+    breakGlass: z.boolean().default(false),
+    /** The token's subject must equal this path or query parameter, unless the role holds `unlessPermission`. */
+    subject: z
+      .strictObject({ param: z.string().optional(), query: z.string().min(1).optional(), unlessPermission: permission.optional() })
+      .refine((s) => (s.param === undefined) !== (s.query === undefined), 'subject names exactly one of param (a path parameter) or query')
+      .optional(),
     timeoutMs: ms('timeoutMs').optional(),
     connectTimeoutMs: ms('connectTimeoutMs').optional(),
     maxBodyBytes: z.number().int().min(0).max(2 ** 40).optional(),
@@ -104,20 +121,37 @@ export const routeSchema = z
         }
       }
     }
-    if (route.auth === 'public' && route.roles) {
-      ctx.addIssue({ code: 'custom', path: ['roles'], message: 'a public route cannot require roles; set auth: required' });
+    if (route.auth === 'public') {
+      for (const field of ['roles', 'permission', 'subject'] as const) {
+        if (route[field] !== undefined) ctx.addIssue({ code: 'custom', path: [field], message: `a public route cannot require ${field}; set auth: required` });
+      }
+      if (route.action === 'logout' || route.action === 'revoke') {
+        ctx.addIssue({ code: 'custom', path: ['auth'], message: `a ${route.action} route needs auth: required` });
+      }
+    }
+    if (route.subject?.param !== undefined && !(route.pattern ?? '').split('/').includes(`:${route.subject.param}`)) {
+      ctx.addIssue({ code: 'custom', path: ['subject', 'param'], message: `the pattern captures no :${route.subject.param}` });
+    }
+    if ((route.action === 'revoke') !== (route.service === undefined)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['service'],
+        message: route.action === 'revoke' ? 'a revoke route is answered by the gateway: remove service' : 'service is required (the service that answers this route)',
+      });
     }
   });
 
 export const routesFileSchema = z
   .strictObject({
+    /** Replaces the default permissions of the roles it names (auth/permissions.ts). */
+    permissions: z.partialRecord(z.enum(ROLES, { error: `roles are ${ROLES.join(', ')}` }), z.array(permission)).optional(),
     services: z.record(z.string().regex(/^[a-z0-9][a-z0-9-_.]*$/, 'service names are lower-case letters, digits, - _ .'), serviceSchema),
     routes: z.array(routeSchema).min(1, 'the file needs at least one route'),
   })
   .superRefine((file, ctx) => {
     const seen = new Map<string, number>();
     file.routes.forEach((route, i) => {
-      if (!(route.service in file.services)) {
+      if (route.service !== undefined && !(route.service in file.services)) {
         ctx.addIssue({ code: 'custom', path: ['routes', i, 'service'], message: `unknown service "${route.service}"` });
       }
       const first = seen.get(route.name);

@@ -6,6 +6,8 @@ export type StageResult = null | { code: ErrorCode; detail: string; headers?: Re
 
 const PASS: StageResult = null;
 
+export const BEARER_CHALLENGE = 'Bearer realm="api-gateway"';
+
 /**
  * Bearer JWT -> verified identity on every route whose auth is `required`. Answers at once for
  * public routes and tokens verified before; only a new token waits for a signature check.
@@ -21,11 +23,13 @@ function verdict(ex: Exchange, result: VerifyResult): StageResult {
     ex.identity = result.identity;
     return PASS;
   }
+  // A key source that cannot be reached says nothing about the caller: 503, not 401.
+  if (result.reason === 'GW_AUTH_UNAVAILABLE') return { code: result.reason, detail: result.detail, headers: { 'retry-after': '1' } };
   // RFC 6750: say that a Bearer token is expected, and why this one was refused, without echoing it.
   const error = result.reason === 'GW_AUTH_TOKEN_MISSING' ? '' : ', error="invalid_token"';
   return {
     code: result.reason,
     detail: result.detail,
-    headers: { 'www-authenticate': `Bearer realm="api-gateway"${error}` },
+    headers: { 'www-authenticate': `${BEARER_CHALLENGE}${error}` },
   };
 }

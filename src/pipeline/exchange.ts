@@ -14,6 +14,12 @@ export class Exchange {
   query = '';
   identity: Identity | null = null;
   rateLimit: RateLimitDecision | null = null;
+  /** The reason an admin gave for break-glass access; set only when the route allowed it. */
+  breakGlass: string | null = null;
+  /** Runs once the upstream exchange is over (a login flow counts failures here). */
+  after: ((ex: Exchange) => void) | null = null;
+  /** The upstream's status, once its response head arrived. */
+  upstreamStatus = 0;
   upstreamOrigin: string | null = null;
   /** The upstream call under way, told when the client's response closes. */
   inFlight: { clientClosed(): void } | null = null;

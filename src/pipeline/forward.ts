@@ -104,6 +104,7 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     if (statusCode < 200 || this.settled) return;
     clearTimeout(this.timer);
     this.started = true;
+    this.ex.upstreamStatus = statusCode;
     this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex));
   }
 
@@ -160,9 +161,11 @@ export function forward(
   res: ServerResponse,
   headers: string[],
   done: ForwardDone,
+  /** A body the gateway has already read (auth flows); otherwise the client's is streamed. */
+  readBody: Buffer | null,
 ): void {
-  let body: IncomingMessage | BodyLimit | null = null;
-  if (hasBody(req.headers)) {
+  let body: IncomingMessage | BodyLimit | Buffer | null = readBody;
+  if (body === null && hasBody(req.headers)) {
     const length = req.headers['content-length'];
     if (length !== undefined && Number(length) > route.maxBodyBytes) {
       ex.errorCode = 'GW_BODY_TOO_LARGE';
@@ -172,7 +175,7 @@ export function forward(
     body = length === undefined ? req.pipe(new BodyLimit(route.maxBodyBytes)) : req;
   }
 
-  const service = route.service;
+  const service = route.service!;
   const index = service.origins.length === 1 ? 0 : service.cursor++ % service.origins.length;
   if (service.cursor > 1e9) service.cursor = 0;
   ex.upstreamOrigin = service.origins[index]!;

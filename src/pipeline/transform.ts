@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Exchange } from './exchange.js';
-import { rateLimitHeader } from './rate-limit.js';
+import { rateLimitHeader } from './access-check.js';
 
 /** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
 const HOP_BY_HOP: ReadonlySet<string> = new Set([

@@ -22,10 +22,11 @@ export class MemoryRateLimitStore implements RateLimitStore {
     return Promise.resolve(this.consumeNow(key, limit, windowMs));
   }
 
-  consumeNow(key: string, limit: number, windowMs: number): RateLimitDecision {
+  /** With `dryRun`, answers whether one more would pass without counting it. */
+  consumeNow(key: string, limit: number, windowMs: number, dryRun = false): RateLimitDecision {
     const now = this.now();
     const { decision, tat } = gcra(this.tats.get(key), now, limit, windowMs);
-    if (tat !== null) {
+    if (tat !== null && !dryRun) {
       // Re-insert so that Map order is least recently used first.
       this.tats.delete(key);
       this.tats.set(key, tat);

@@ -5,7 +5,7 @@ import { signToken, TEST_SECRET } from '../helpers/tokens.js';
 
 describe('verified-token cache', () => {
   const clock = { now: Date.now() };
-  const make = () => JwtVerifier.create({ secret: TEST_SECRET, maxLifetimeSeconds: 7200, clockSkewSeconds: 30, now: () => clock.now });
+  const make = () => JwtVerifier.create({ keys: [{ secret: TEST_SECRET }], maxLifetimeSeconds: 7200, clockSkewSeconds: 30, now: () => clock.now });
 
   it('serves a repeated token without losing the expiry check', async () => {
     const verifier = await make();

@@ -3,18 +3,20 @@ import { describe, it } from 'node:test';
 import type { CompiledRoute } from '../../src/config/compile.js';
 import { createLoggers } from '../../src/observability/logger.js';
 import { Exchange } from '../../src/pipeline/exchange.js';
-import { RateLimitStage } from '../../src/pipeline/rate-limit.js';
-import { FailoverRateLimitStore } from '../../src/stores/failover-rate-limit.js';
-import { MemoryRateLimitStore } from '../../src/stores/memory-rate-limit.js';
-import type { RateLimitStore } from '../../src/stores/rate-limit-store.js';
+import { AccessCheck } from '../../src/pipeline/access-check.js';
+import type { SessionValidator } from '../../src/auth/sessions.js';
+import type { AccessQuery } from '../../src/stores/access-store.js';
+import { AccessControl } from '../../src/stores/failover-access-store.js';
+import { MemoryAccessStore } from '../../src/stores/memory-access-store.js';
+import type { RedisAccessStore } from '../../src/stores/redis-access-store.js';
 import { LogCapture } from '../helpers/gateway.js';
 
 /** Records the keys the stage asks for; admits everything. */
-class RecordingStore implements RateLimitStore {
+class RecordingStore {
   readonly keys: string[] = [];
-  consume(key: string, limit: number) {
-    this.keys.push(key);
-    return Promise.resolve({ allowed: true, limit, remaining: limit - 1, resetMs: 1, retryAfterMs: 0 });
+  check(q: AccessQuery) {
+    this.keys.push(q.rateKey);
+    return Promise.resolve({ revoked: false, sessionUser: null, decision: { allowed: true, limit: q.limit, remaining: q.limit - 1, resetMs: 1, retryAfterMs: 0 } });
   }
 }
 
@@ -25,15 +27,16 @@ function route(name: string, ownKey: boolean): CompiledRoute {
 function exchange(r: CompiledRoute, userId: string | null, ip = '10.0.0.1'): Exchange {
   const ex = new Exchange('id', 0, ip, false, ip);
   ex.route = r;
-  if (userId !== null) ex.identity = { userId, role: 'resident', phiAccessLevel: 'self', tokenId: null, expiresAt: 0 };
+  if (userId !== null) ex.identity = { userId, role: 'resident', phiAccessLevel: 'self', tokenId: null, sessionId: null, issuedAt: null, expiresAt: 0 };
   return ex;
 }
 
 describe('rate-limit keys', () => {
   const recording = new RecordingStore();
-  const local = new MemoryRateLimitStore();
+  const local = new MemoryAccessStore();
   const { log } = createLoggers('silent', new LogCapture());
-  const stage = new RateLimitStage(new FailoverRateLimitStore(recording, local, log), log, () => undefined);
+  const control = new AccessControl(recording as unknown as RedisAccessStore, local, log);
+  const stage = new AccessCheck(control, null as unknown as SessionValidator, log, () => undefined);
 
   it('uses the spec key rate_limit:{user_id}, a route part for own limits, and ip: for anonymous clients', async () => {
     recording.keys.length = 0;

@@ -1,0 +1,92 @@
+import type { Identity } from '../auth/identity.js';
+import { SESSION_TTL_SECONDS, type SessionValidator } from '../auth/sessions.js';
+import type { Logger } from '../observability/logger.js';
+import { keyPart, type AccessAnswer, type AccessQuery } from '../stores/access-store.js';
+import { UNAVAILABLE, type AccessControl } from '../stores/failover-access-store.js';
+import type { RateLimitDecision } from '../stores/rate-limit-store.js';
+import { BEARER_CHALLENGE, type StageResult } from './authenticate.js';
+import type { Exchange } from './exchange.js';
+
+export const RATE_WINDOW_MS = 60_000;
+
+/** IETF RateLimit header value (draft-ietf-httpapi-ratelimit-headers): remaining and reset seconds. */
+export function rateLimitHeader(policy: string, d: RateLimitDecision): string {
+  return `"${policy}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
+}
+
+const REVOKED: StageResult = { code: 'GW_AUTH_TOKEN_REVOKED', detail: 'the token has been revoked; sign in again', headers: { 'www-authenticate': `${BEARER_CHALLENGE}, error="invalid_token"` } };
+const SESSION_ENDED: StageResult = { code: 'GW_AUTH_SESSION_INVALID', detail: 'the session of this token has ended; sign in again', headers: { 'www-authenticate': `${BEARER_CHALLENGE}, error="invalid_token"` } };
+const SESSION_UNVERIFIABLE: StageResult = { code: 'GW_AUTH_UNAVAILABLE', detail: 'the session cannot be validated right now; retry shortly', headers: { 'retry-after': '1' } };
+const STORE_DOWN_PHI: StageResult = { code: 'GW_AUTH_UNAVAILABLE', detail: 'the revocation list is unreachable and this route carries PHI', headers: { 'retry-after': '1' } };
+const STORE_DOWN_LIMIT: StageResult = { code: 'GW_DEPENDENCY_UNAVAILABLE', detail: 'rate limiting is unavailable and this route fails closed', headers: { 'retry-after': '1' } };
+
+/**
+ * Revocation, session and rate limit: one question to the shared store, one round trip, as the
+ * spec's `rate_limit:{user_id}` and `session:{session_id}` keys and the revocation list live side
+ * by side in Redis. The verified user is the rate-limit subject on authenticated routes; anonymous
+ * traffic is limited by the client address, which a client cannot choose (client-address.ts). A
+ * route with its own limit counts in its own key; every other route shares the user's budget.
+ */
+export class AccessCheck {
+  constructor(
+    private readonly store: AccessControl,
+    private readonly sessions: SessionValidator,
+    private readonly logger: Logger,
+    private readonly onExceeded: (ex: Exchange) => void,
+  ) {}
+
+  /** Immediate with the in-memory store; a promise when the answer is Redis's or the auth service's. */
+  check(ex: Exchange): StageResult | Promise<StageResult> {
+    const route = ex.route!;
+    const limit = route.rateLimit;
+    const who = ex.identity;
+    const subject = who !== null ? keyPart(who.userId) : `ip:${ex.clientIp}`;
+    const query: AccessQuery = {
+      rateKey: limit.ownKey ? `rate_limit:${route.name}:${subject}` : `rate_limit:${subject}`,
+      limit: limit.perMinute,
+      windowMs: RATE_WINDOW_MS,
+      token: who,
+    };
+    const answer = this.store.check(query, limit.failClosed || (route.phi && who !== null));
+    return answer instanceof Promise ? answer.then((a) => this.verdict(ex, a)) : this.verdict(ex, answer);
+  }
+
+  private verdict(ex: Exchange, answer: AccessAnswer | typeof UNAVAILABLE): StageResult | Promise<StageResult> {
+    const route = ex.route!;
+    if (answer === UNAVAILABLE) return route.phi && ex.identity !== null ? STORE_DOWN_PHI : STORE_DOWN_LIMIT;
+    if (answer.revoked) return REVOKED;
+    const decision = answer.decision;
+    ex.rateLimit = decision;
+    if (!decision.allowed) return this.limited(ex, decision);
+    const who = ex.identity;
+    if (who === null || who.sessionId === null || answer.sessionUser === who.userId) return null;
+    if (answer.sessionUser !== null) return SESSION_ENDED;
+    return this.validateSession(ex, who);
+  }
+
+  private async validateSession(ex: Exchange, who: Identity): Promise<StageResult> {
+    const verdict = await this.sessions.validate(who, ex.id);
+    if (verdict === 'valid') {
+      this.store.cacheSession(who.sessionId!, who.userId, SESSION_TTL_SECONDS);
+      return null;
+    }
+    if (verdict === 'invalid') return SESSION_ENDED;
+    this.logger.warn({ request_id: ex.id, route: ex.route!.name }, 'session validation failed: auth service unavailable');
+    return SESSION_UNVERIFIABLE;
+  }
+
+  private limited(ex: Exchange, decision: RateLimitDecision): StageResult {
+    const limit = ex.route!.rateLimit;
+    this.onExceeded(ex);
+    this.logger.warn({ request_id: ex.id, route: ex.route!.name, user_id: ex.identity?.userId ?? null, ip_address: ex.clientIp, limit: limit.perMinute }, 'rate limit exceeded');
+    return {
+      code: 'GW_RATE_LIMITED',
+      detail: `more than ${limit.perMinute} requests a minute`,
+      headers: {
+        'retry-after': String(Math.max(1, Math.ceil(decision.retryAfterMs / 1000))),
+        'ratelimit-policy': limit.policyHeader,
+        ratelimit: rateLimitHeader(limit.policyName, decision),
+      },
+    };
+  }
+}

@@ -1,0 +1,67 @@
+import type { RateLimitDecision } from './rate-limit-store.js';
+
+/**
+ * What one request asks the shared store: its rate-limit key and, when it carries a verified
+ * token, whether that token is revoked and whether its session is known. Both answers travel in
+ * one round trip (one Lua script in Redis).
+ */
+export interface AccessQuery {
+  readonly rateKey: string;
+  readonly limit: number;
+  readonly windowMs: number;
+  readonly token: TokenFacts | null;
+}
+
+export interface TokenFacts {
+  readonly userId: string;
+  readonly tokenId: string | null;
+  /** `iat` in seconds; a token without one falls under any user-wide revocation. */
+  readonly issuedAt: number | null;
+  readonly sessionId: string | null;
+}
+
+export interface AccessAnswer {
+  /** The token is revoked: nothing was counted. */
+  readonly revoked: boolean;
+  /** The user id cached for the token's session, or null when none is cached (or none asked). */
+  readonly sessionUser: string | null;
+  readonly decision: RateLimitDecision;
+}
+
+export const REVOKED: AccessAnswer = Object.freeze({
+  revoked: true,
+  sessionUser: null,
+  decision: Object.freeze({ allowed: false, limit: 0, remaining: 0, resetMs: 0, retryAfterMs: 0 }),
+});
+
+/** One revocation, as stored and as announced to the other replicas. */
+export type Revocation =
+  | { readonly kind: 'token'; readonly tokenId: string; readonly ttlSeconds: number }
+  | { readonly kind: 'user'; readonly userId: string; readonly before: number; readonly ttlSeconds: number }
+  | { readonly kind: 'session'; readonly sessionId: string };
+
+/** The write side: revocations, the session cache, and counters outside the request path. */
+export interface AccessWrites {
+  revoke(revocation: Revocation): Promise<void>;
+  cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
+  /** GCRA on a key; `dryRun` answers whether one more would pass without counting it. */
+  count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision>;
+}
+
+/**
+ * Keys as the spec names them (`rate_limit:{user_id}`, `session:{session_id}`) plus the
+ * revocation list. An id may hold ':' or '%'; escaped, it can never pose as another key's prefix.
+ * UUIDs pass unchanged.
+ */
+export function keyPart(id: string): string {
+  return id.includes(':') || id.includes('%') ? id.replace(/%/g, '%25').replace(/:/g, '%3A') : id;
+}
+
+export const keys = {
+  revokedToken: (tokenId: string) => `revoked:jti:${keyPart(tokenId)}`,
+  revokedUser: (userId: string) => `revoked:user:${keyPart(userId)}`,
+  session: (sessionId: string) => `session:${keyPart(sessionId)}`,
+};
+
+/** The channel on which a replica announces a revocation to the others. */
+export const REVOCATION_CHANNEL = 'gateway:revocations';

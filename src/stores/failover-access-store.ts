@@ -1,0 +1,134 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from '../observability/logger.js';
+import { REVOCATION_CHANNEL, type AccessAnswer, type AccessQuery, type Revocation, type TokenFacts } from './access-store.js';
+import type { MemoryAccessStore } from './memory-access-store.js';
+import { parseRevocation, type RedisAccessStore } from './redis-access-store.js';
+import type { RateLimitDecision } from './rate-limit-store.js';
+
+/** The shared store is down and the request's route fails closed. */
+export const UNAVAILABLE = null;
+
+/**
+ * The shared store (Redis) with a per-process fallback. While Redis fails, each process limits
+ * on its own (N replicas admit up to N x L) and checks revocations against its mirror: every
+ * revocation it made or heard announced before the outage. A request that cannot accept that
+ * gets `UNAVAILABLE` instead: a PHI route with a token (the spec fails closed where PHI is at
+ * stake) and a route whose rate limit fails closed. Redis is tried on every request, so the
+ * gateway goes back to it by itself as soon as it answers; its client never queues commands
+ * while disconnected, so a failed attempt costs no waiting.
+ */
+export class AccessControl {
+  private failing = false;
+
+  constructor(
+    private readonly shared: RedisAccessStore | null,
+    readonly local: MemoryAccessStore,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Hears the other replicas' revocations, for the mirror used during an outage. */
+  listen(subscriber: Redis): void {
+    subscriber.on('message', (channel: string, message: string) => {
+      if (channel !== REVOCATION_CHANNEL) return;
+      const r = parseRevocation(message);
+      if (r !== null) this.local.apply(r);
+    });
+    // Subscribed once connected; ioredis subscribes again by itself after a reconnect.
+    subscriber.once('ready', () => {
+      subscriber.subscribe(REVOCATION_CHANNEL).catch((err: unknown) => {
+        this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements');
+      });
+    });
+  }
+
+  /** True while decisions come from the per-process fallback. */
+  get degraded(): boolean {
+    return this.failing;
+  }
+
+  /**
+   * One call to the shared store outside any client's budget, while the fallback is in use: an
+   * idle gateway has no traffic that would notice Redis is back.
+   */
+  async probe(): Promise<void> {
+    if (this.shared === null || !this.failing) return;
+    try {
+      await this.shared.count('rate_limit:gateway:probe', 1_000_000, 60_000, true);
+      this.recovered();
+    } catch {
+      // still failing; the next request or probe tries again
+    }
+  }
+
+  /** At once without Redis (one process, the demo); one Redis round trip otherwise. */
+  check(q: AccessQuery, failClosed: boolean): AccessAnswer | Promise<AccessAnswer | typeof UNAVAILABLE> {
+    if (this.shared === null) return this.local.checkNow(q);
+    return this.shared.check(q).then(
+      (answer) => {
+        if (this.failing) this.recovered();
+        return answer;
+      },
+      (err: unknown) => {
+        this.failed(err);
+        return failClosed ? UNAVAILABLE : this.local.checkNow(q);
+      },
+    );
+  }
+
+  /**
+   * Whether a token outside the request path (a refresh token) is revoked. While Redis is away
+   * the mirror answers: it holds every revocation this replica made or heard of.
+   */
+  async isRevoked(token: TokenFacts): Promise<boolean> {
+    if (this.shared === null) return this.local.isRevokedNow(token);
+    try {
+      return await this.shared.isRevoked(token);
+    } catch (err) {
+      this.failed(err);
+      return this.local.isRevokedNow(token);
+    }
+  }
+
+  /** A counter outside the request path (failed logins); the local one while Redis is away. */
+  async count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision> {
+    if (this.shared === null) return this.local.countNow(key, limit, windowMs, dryRun);
+    try {
+      return await this.shared.count(key, limit, windowMs, dryRun);
+    } catch (err) {
+      this.failed(err);
+      return this.local.countNow(key, limit, windowMs, dryRun);
+    }
+  }
+
+  /**
+   * Records a revocation here, then in Redis for every replica. Throws when Redis cannot take
+   * it: the caller must not report a logout that other replicas would not honour.
+   */
+  async revoke(r: Revocation): Promise<void> {
+    this.local.apply(r);
+    if (this.shared === null) return;
+    try {
+      await this.shared.revoke(r);
+    } catch (err) {
+      this.failed(err);
+      throw err;
+    }
+  }
+
+  /** Best effort: a session missing from the cache is validated again, never trusted. */
+  cacheSession(sessionId: string, userId: string, ttlSeconds: number): void {
+    this.local.cacheSessionNow(sessionId, userId, ttlSeconds);
+    this.shared?.cacheSession(sessionId, userId, ttlSeconds).catch((err: unknown) => this.failed(err));
+  }
+
+  private failed(err: unknown): void {
+    if (this.failing) return;
+    this.failing = true;
+    this.logger.warn({ cause: (err as Error).message }, 'redis unreachable: rate limits and revocations fall back to this process until it returns');
+  }
+
+  private recovered(): void {
+    this.failing = false;
+    this.logger.info('rate limits and revocations are shared across replicas again');
+  }
+}

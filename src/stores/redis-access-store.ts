@@ -1,0 +1,158 @@
+import type { Redis } from 'ioredis';
+import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type Revocation, type TokenFacts } from './access-store.js';
+import type { RateLimitDecision } from './rate-limit-store.js';
+
+/**
+ * GCRA (mirrors `gcra()` in rate-limit-store.ts). The clock is Redis's own (TIME), so replicas
+ * with drifting clocks share one timeline. Expects `interval`, `window` and `dry` set, and the
+ * rate key in KEYS[1]; returns {allowed, remaining, reset_ms, retry_after_ms, ...}.
+ */
+const GCRA = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - window
+if now < allow_at then
+  return {0, 0, math.ceil(tat - now), math.ceil(allow_at - now), session}
+end
+if not dry then
+  redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+end
+return {1, math.floor((window - (new_tat - now)) / interval), math.ceil(new_tat - now), 0, session}
+`;
+
+/** ARGV: interval, window, dry ('1'/'0'). */
+const COUNT = `
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local dry = ARGV[3] == '1'
+local session = false
+${GCRA}`;
+
+/**
+ * A request with a verified token: revocation, session and rate limit, read and decided
+ * atomically in one round trip. KEYS: rate, revoked jti, revoked user, session.
+ * ARGV: interval, window, has_jti ('1'/'0'), iat ('' when none), has_session ('1'/'0').
+ * A revoked token returns {2} and counts nothing.
+ */
+const ACCESS = `
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local dry = false
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+local before = redis.call('GET', KEYS[3])
+if before and (ARGV[4] == '' or tonumber(ARGV[4]) <= tonumber(before)) then return {2} end
+local session = false
+if ARGV[5] == '1' then session = redis.call('GET', KEYS[4]) end
+${GCRA}`;
+
+/** KEYS: revoked jti, revoked user. ARGV: has_jti, iat. */
+const IS_REVOKED = `
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
+local before = redis.call('GET', KEYS[2])
+if before and (ARGV[2] == '' or tonumber(ARGV[2]) <= tonumber(before)) then return 1 end
+return 0
+`;
+
+/** Keeps the latest "revoked before" time of a user: a later revocation never shortens an earlier one. */
+const REVOKE_USER = `
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current == nil or tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+return 1
+`;
+
+type Reply = [number, number?, number?, number?, (string | null)?];
+type Scripted = {
+  gatewayCount(key: string, interval: string, window: string, dry: string): Promise<Reply>;
+  gatewayAccess(rate: string, jti: string, user: string, session: string, interval: string, window: string, hasJti: string, iat: string, hasSession: string): Promise<Reply>;
+  gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number>;
+  gatewayIsRevoked(jti: string, user: string, hasJti: string, iat: string): Promise<number>;
+};
+
+function decisionOf(reply: Reply, limit: number): RateLimitDecision {
+  return { allowed: reply[0] === 1, limit, remaining: reply[1]!, resetMs: reply[2]!, retryAfterMs: reply[3]! };
+}
+
+/**
+ * The shared store of every replica. Each request costs one script call; commands issued in the
+ * same tick share one pipeline (ioredis auto-pipelining). All keys of one request are read by one
+ * script, so a Redis Cluster deployment needs them on one shard (one primary, or hash tags).
+ */
+export class RedisAccessStore implements AccessWrites {
+  private readonly redis: Redis & Scripted;
+
+  constructor(redis: Redis) {
+    redis.defineCommand('gatewayCount', { numberOfKeys: 1, lua: COUNT });
+    redis.defineCommand('gatewayAccess', { numberOfKeys: 4, lua: ACCESS });
+    redis.defineCommand('gatewayRevokeUser', { numberOfKeys: 1, lua: REVOKE_USER });
+    redis.defineCommand('gatewayIsRevoked', { numberOfKeys: 2, lua: IS_REVOKED });
+    this.redis = redis as Redis & Scripted;
+  }
+
+  async check(q: AccessQuery): Promise<AccessAnswer> {
+    const interval = String(q.windowMs / q.limit);
+    const window = String(q.windowMs);
+    const token = q.token;
+    if (token === null) {
+      return { revoked: false, sessionUser: null, decision: decisionOf(await this.redis.gatewayCount(q.rateKey, interval, window, '0'), q.limit) };
+    }
+    const reply = await this.redis.gatewayAccess(
+      q.rateKey,
+      keys.revokedToken(token.tokenId ?? ''),
+      keys.revokedUser(token.userId),
+      keys.session(token.sessionId ?? ''),
+      interval,
+      window,
+      token.tokenId !== null ? '1' : '0',
+      token.issuedAt !== null ? String(token.issuedAt) : '',
+      token.sessionId !== null ? '1' : '0',
+    );
+    if (reply[0] === 2) return REVOKED;
+    return { revoked: false, sessionUser: reply[4] ?? null, decision: decisionOf(reply, q.limit) };
+  }
+
+  async isRevoked(token: TokenFacts): Promise<boolean> {
+    const reply = await this.redis.gatewayIsRevoked(
+      keys.revokedToken(token.tokenId ?? ''),
+      keys.revokedUser(token.userId),
+      token.tokenId !== null ? '1' : '0',
+      token.issuedAt !== null ? String(token.issuedAt) : '',
+    );
+    return reply === 1;
+  }
+
+  async count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision> {
+    return decisionOf(await this.redis.gatewayCount(key, String(windowMs / limit), String(windowMs), dryRun ? '1' : '0'), limit);
+  }
+
+  /** Stores the revocation, then announces it so that every replica's fallback mirrors it. */
+  async revoke(r: Revocation): Promise<void> {
+    if (r.kind === 'token') await this.redis.set(keys.revokedToken(r.tokenId), '1', 'EX', Math.max(1, Math.ceil(r.ttlSeconds)));
+    else if (r.kind === 'user') await this.redis.gatewayRevokeUser(keys.revokedUser(r.userId), String(r.before), String(Math.max(1, Math.ceil(r.ttlSeconds))));
+    else await this.redis.del(keys.session(r.sessionId));
+    await this.redis.publish(REVOCATION_CHANNEL, JSON.stringify(r));
+  }
+
+  async cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void> {
+    await this.redis.set(keys.session(sessionId), userId, 'EX', Math.max(1, Math.ceil(ttlSeconds)));
+  }
+}
+
+/** Parses an announcement from another replica; anything malformed is ignored. */
+export function parseRevocation(message: string): Revocation | null {
+  try {
+    const r = JSON.parse(message) as Record<string, unknown>;
+    if (r.kind === 'token' && typeof r.tokenId === 'string' && typeof r.ttlSeconds === 'number') return { kind: 'token', tokenId: r.tokenId, ttlSeconds: r.ttlSeconds };
+    if (r.kind === 'user' && typeof r.userId === 'string' && typeof r.before === 'number' && typeof r.ttlSeconds === 'number') {
+      return { kind: 'user', userId: r.userId, before: r.before, ttlSeconds: r.ttlSeconds };
+    }
+    if (r.kind === 'session' && typeof r.sessionId === 'string') return { kind: 'session', sessionId: r.sessionId };
+  } catch {
+    // not ours
+  }
+  return null;
+}
