@@ -21,11 +21,21 @@ export interface Gateway {
 
 /**
  * The compiled gateway (`node dist/src/main.js` in root) with a routes file of two routes to the
- * upstream: `/plain` (public) and `/authed` (auth: required), both rewritten to `/`.
+ * upstream: `/plain` (public) and `/authed` (auth: required), both rewritten to `/`. With a Redis
+ * URL, every request's revocation check and rate limit go to Redis (one script call each).
  */
-export async function startGateway(root: string, dir: string, upstreamPort: number, secret: string, cpu: string | null, nodeArgs: string[] = []): Promise<Gateway> {
+export async function startGateway(
+  root: string,
+  dir: string,
+  upstreamPort: number,
+  secret: string,
+  cpu: string | null,
+  nodeArgs: string[] = [],
+  redisUrl: string | null = null,
+): Promise<Gateway> {
   const port = await freePort();
-  const routes = join(dir, 'routes.yaml');
+  const name = redisUrl === null ? 'gateway' : 'gateway-redis';
+  const routes = join(dir, `${name}.routes.yaml`);
   await writeFile(
     routes,
     `services:
@@ -35,10 +45,11 @@ routes:
   - { name: authed, prefix: /authed, service: bench, auth: required, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
 `,
   );
-  const log = join(dir, 'gateway.access.log');
+  const log = join(dir, `${name}.access.log`);
   // O_APPEND, so the file can be truncated between runs while the gateway keeps writing.
   const out = openSync(log, 'a');
-  const err = openSync(join(dir, 'gateway.stderr.log'), 'a');
+  const stderrFile = join(dir, `${name}.stderr.log`);
+  const err = openSync(stderrFile, 'a');
   const child = start(process.execPath, [...nodeArgs, 'dist/src/main.js'], {
     cpu,
     cwd: root,
@@ -51,6 +62,7 @@ routes:
       ROUTES_FILE: routes,
       LOG_LEVEL: 'INFO',
       AUTH_SERVICE_URL: 'http://127.0.0.1:9',
+      ...(redisUrl !== null ? { REDIS_URL: redisUrl } : undefined),
     },
     stdout: out,
     stderr: err,
@@ -60,7 +72,7 @@ routes:
   try {
     await waitFor200(`http://127.0.0.1:${port}/health/live`, child, 'the gateway');
   } catch (e) {
-    const stderr = await readFile(join(dir, 'gateway.stderr.log'), 'utf8').catch(() => '');
+    const stderr = await readFile(stderrFile, 'utf8').catch(() => '');
     throw new Error(`${(e as Error).message}\n${stderr}`);
   }
   return { child, port, log };

@@ -1,8 +1,9 @@
 /**
  * npm run bench [-- --write] [-- --profile]
  *
- * Direct upstream vs nginx proxy_pass vs the gateway (public route, and JWT-authenticated
- * route), measured with wrk in interleaved rounds on one machine. See BENCHMARKS.md.
+ * Direct upstream vs nginx proxy_pass vs the gateway (public route, JWT-authenticated route with
+ * in-memory stores, and the same with Redis for revocations and rate limits), measured with wrk
+ * in interleaved rounds on one machine. See BENCHMARKS.md.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -15,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { coreUse, processTree, snapshot } from './cpu.js';
 import { signToken, startGateway, tokenRotationScript } from './gateway.js';
 import { proxyConf, startNginx, upstreamConf, UPSTREAM_BODY } from './nginx.js';
+import { startRedis } from './redis.js';
 import { allowedCpus, freePort, stop, stopAll, which } from './procs.js';
 import { formatSummary, summarise as summariseProfile, type CpuProfile } from './profile.js';
 import { formatFacts, machineFacts, markdownTable, summarise, type Facts, type Row, type Sample, type Summary } from './report.js';
@@ -70,19 +72,20 @@ function run(command: string, args: string[], env?: NodeJS.ProcessEnv): void {
   if (r.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${r.error?.message ?? `exit ${r.status}`})`);
 }
 
-/** nginx and wrk from apt on a fresh Debian machine; elsewhere, say what is missing. */
-function ensureTools(): string {
-  if (which('nginx') === null || which('wrk') === null) {
+/** nginx, wrk and redis-server from apt on a fresh Debian machine; elsewhere, say what is missing. */
+function ensureTools(): { nginx: string; redisServer: string } {
+  if (which('nginx') === null || which('wrk') === null || which('redis-server') === null) {
     if (process.getuid?.() !== 0 || which('apt-get') === null) {
-      throw new Error('nginx and wrk are needed: apt-get install -y nginx-light wrk (or your system\'s packages)');
+      throw new Error('nginx, wrk and redis-server are needed: apt-get install -y nginx-light wrk redis-server (or your system\'s packages)');
     }
-    console.log('installing nginx-light and wrk with apt-get');
+    console.log('installing nginx-light, wrk and redis-server with apt-get');
     run('apt-get', ['update']);
-    run('apt-get', ['install', '-y', 'nginx-light', 'wrk'], { ...process.env, DEBIAN_FRONTEND: 'noninteractive' });
+    run('apt-get', ['install', '-y', 'nginx-light', 'wrk', 'redis-server'], { ...process.env, DEBIAN_FRONTEND: 'noninteractive' });
   }
   const nginx = which('nginx');
-  if (nginx === null || which('wrk') === null) throw new Error('nginx or wrk is still missing after apt-get install');
-  return nginx;
+  const redisServer = which('redis-server');
+  if (nginx === null || redisServer === null || which('wrk') === null) throw new Error('nginx, wrk or redis-server is still missing after apt-get install');
+  return { nginx, redisServer };
 }
 
 interface Pinning {
@@ -106,7 +109,7 @@ function describePinning(p: Pinning): string {
 }
 
 interface Target {
-  key: 'direct' | 'nginx' | 'gateway' | 'gateway-auth' | 'gateway-auth-rotating';
+  key: 'direct' | 'nginx' | 'gateway' | 'gateway-auth' | 'gateway-auth-redis' | 'gateway-auth-rotating';
   label: string;
   url: string;
   headers: string[];
@@ -126,8 +129,7 @@ async function preflight(targets: readonly Target[]): Promise<void> {
     const body = await res.text();
     if (res.status !== 200 || body !== UPSTREAM_BODY) throw new Error(`${t.label}: ${t.url} answered ${res.status} ${body.slice(0, 200)}`);
   }
-  const authed = targets.find((t) => t.key === 'gateway-auth');
-  if (authed !== undefined) {
+  for (const authed of targets.filter((t) => t.key === 'gateway-auth' || t.key === 'gateway-auth-redis')) {
     const res = await fetch(authed.url);
     await res.arrayBuffer();
     if (res.status !== 401) throw new Error(`${authed.label}: without a token it answered ${res.status}, not 401; auth is not enforced`);
@@ -175,6 +177,7 @@ interface Setup {
   facts: Facts;
   dir: string;
   nginx: string;
+  redisServer: string;
   upstreamPort: number;
   upstreamPids: number[];
 }
@@ -224,11 +227,15 @@ function settings(o: Options): string {
 }
 
 async function compare(setup: Setup): Promise<void> {
-  const { o, pin, facts, dir, nginx, upstreamPort } = setup;
+  const { o, pin, facts, dir, nginx, redisServer, upstreamPort } = setup;
   const proxyPort = await freePort();
   const proxy = await startNginx(nginx, dir, 'proxy', proxyConf(dir, proxyPort, upstreamPort, o.connections), cpuArg(pin.proxy), `http://127.0.0.1:${proxyPort}/plain`);
   const secret = randomBytes(32).toString('hex');
   const gw = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy));
+  // Redis is a dependency like the upstream: it runs on the load core, outside the proxy's CPU.
+  const redis = await startRedis(redisServer, cpuArg(pin.load));
+  setup.upstreamPids.push(redis.child.pid!);
+  const gwRedis = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy), [], `redis://127.0.0.1:${redis.port}`);
   const token = await signToken(secret);
 
   const targets: Target[] = [
@@ -242,6 +249,14 @@ async function compare(setup: Setup): Promise<void> {
       headers: [`Authorization: Bearer ${token}`],
       accessLog: gw.log,
       pids: [gw.child.pid!],
+    },
+    {
+      key: 'gateway-auth-redis',
+      label: 'gateway + JWT + Redis (revocation, limit)',
+      url: `http://127.0.0.1:${gwRedis.port}/authed`,
+      headers: [`Authorization: Bearer ${token}`],
+      accessLog: gwRedis.log,
+      pids: [gwRedis.child.pid!],
     },
   ];
   if (o.tokens > 1) {
@@ -295,6 +310,7 @@ async function compare(setup: Setup): Promise<void> {
   const verdicts = [
     verdict(get('gateway'), TARGET_PLAIN),
     verdict(get('gateway-auth'), TARGET_AUTH),
+    verdict(get('gateway-auth-redis'), TARGET_AUTH),
     `runs skewed by other processes (> ${FOREIGN_LIMIT * 100}% of either core): ${skewed} of ${all.length}`,
   ];
 
@@ -366,7 +382,7 @@ async function cleanUp(): Promise<void> {
 
 async function main(): Promise<void> {
   const o = options();
-  const nginx = ensureTools();
+  const { nginx, redisServer } = ensureTools();
   const pin = pinning();
   const facts = machineFacts(ROOT, nginx, allowedCpus().length);
   // Keep the orchestrator off the proxy's core as well.
@@ -384,7 +400,7 @@ async function main(): Promise<void> {
   try {
     const upstreamPort = await freePort();
     const upstream = await startNginx(nginx, dir, 'upstream', upstreamConf(dir, upstreamPort), cpuArg(pin.load), `http://127.0.0.1:${upstreamPort}/`);
-    const setup: Setup = { o, pin, facts, dir, nginx, upstreamPort, upstreamPids: processTree(upstream.pid!) };
+    const setup: Setup = { o, pin, facts, dir, nginx, redisServer, upstreamPort, upstreamPids: processTree(upstream.pid!) };
     if (o.profile) await profile(setup);
     else await compare(setup);
   } finally {
