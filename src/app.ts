@@ -21,6 +21,7 @@ import { forward } from './pipeline/forward.js';
 import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
 import { AccessCheck } from './pipeline/access-check.js';
+import { AuthFailureLimit } from './pipeline/auth-failure-limit.js';
 import { AuthFlows } from './pipeline/auth-flows.js';
 import { requestIdFrom } from './pipeline/request-id.js';
 import { upstreamRequestHeaders } from './pipeline/transform.js';
@@ -83,6 +84,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const metrics = env.ENABLE_METRICS ? new Metrics() : null;
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
   const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, () => metrics?.rateLimitExceeded());
+  const authFailures = new AuthFailureLimit(accessControl, env.RATE_LIMIT_PER_MINUTE, logger);
   const flows = new AuthFlows(
     accessControl,
     {
@@ -248,14 +250,18 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     ex.route = match.route;
     ex.params = match.params;
 
-    const verdict = authenticate(ex, req.headers.authorization, verifier);
+    const verdict = authenticate(ex, req.headers.authorization, verifier, authFailures);
     if (verdict instanceof Promise) verdict.then((v) => authorizeAndLimit(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
     else authorizeAndLimit(ex, req, res, verdict);
   };
 
   const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {
     if (authenticated !== null) {
-      metrics?.authFailure(authenticated.code);
+      if (authenticated.code === 'GW_RATE_LIMITED') metrics?.rateLimitExceeded();
+      else {
+        metrics?.authFailure(authenticated.code);
+        if (authenticated.code !== 'GW_AUTH_UNAVAILABLE') authFailures.failed(ex.clientIp);
+      }
       return refuse(res, ex, authenticated);
     }
     const denied = authorize(ex, compiled.permissions, req.headers[BREAK_GLASS_HEADER]);

@@ -114,22 +114,21 @@ export class JwtVerifier {
    * valid (the common case), after a signature check otherwise.
    */
   verify(authorization: string | undefined): VerifyResult | Promise<VerifyResult> {
-    if (authorization !== undefined) {
-      const hit = this.verified.get(authorization);
-      if (hit !== undefined) {
-        if (hit.validUntil > this.now() / 1000) return hit.result;
-        this.verified.delete(authorization);
-      }
-    }
-    return this.verifyAndRemember(authorization);
+    return this.cached(authorization) ?? this.verifyUncached(authorization);
   }
 
-  /** Verifies without caching: for tokens seen once, such as the one a logout presents. */
-  verifyOnce(token: string): Promise<VerifyResult> {
-    return this.verifyJwt(token).then(({ result }) => result);
+  /** The verdict on a header verified before and still valid, if there is one. */
+  cached(authorization: string | undefined): (VerifyResult & { ok: true }) | undefined {
+    if (authorization === undefined) return undefined;
+    const hit = this.verified.get(authorization);
+    if (hit === undefined) return undefined;
+    if (hit.validUntil > this.now() / 1000) return hit.result;
+    this.verified.delete(authorization);
+    return undefined;
   }
 
-  private async verifyAndRemember(authorization: string | undefined): Promise<VerifyResult> {
+  /** A full check of the header (and a cache entry when it passes). */
+  async verifyUncached(authorization: string | undefined): Promise<VerifyResult> {
     if (authorization === undefined || authorization === '') return MISSING;
     const m = BEARER.exec(authorization);
     if (m === null) return NOT_BEARER;

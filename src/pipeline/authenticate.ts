@@ -1,6 +1,7 @@
 import type { JwtVerifier, VerifyResult } from '../auth/jwt.js';
 import type { Exchange } from './exchange.js';
 import type { ErrorCode } from '../errors.js';
+import type { AuthFailureLimit } from './auth-failure-limit.js';
 
 export type StageResult = null | { code: ErrorCode; detail: string; headers?: Record<string, string> };
 
@@ -12,10 +13,17 @@ export const BEARER_CHALLENGE = 'Bearer realm="api-gateway"';
  * Bearer JWT -> verified identity on every route whose auth is `required`. Answers at once for
  * public routes and tokens verified before; only a new token waits for a signature check.
  */
-export function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier): StageResult | Promise<StageResult> {
+export function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier, failures: AuthFailureLimit): StageResult | Promise<StageResult> {
   if (ex.route!.auth === 'public') return PASS;
-  const result = verifier.verify(authorization);
-  return result instanceof Promise ? result.then((r) => verdict(ex, r)) : verdict(ex, result);
+  const hit = verifier.cached(authorization);
+  if (hit !== undefined) {
+    ex.identity = hit.identity;
+    return PASS;
+  }
+  // An address that spent its budget on failed authentications gets no signature check.
+  const blocked = failures.check(ex.clientIp);
+  if (blocked !== null) return blocked;
+  return verifier.verifyUncached(authorization).then((r) => verdict(ex, r));
 }
 
 function verdict(ex: Exchange, result: VerifyResult): StageResult {
