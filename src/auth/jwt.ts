@@ -170,7 +170,8 @@ export class JwtVerifier {
     let tried = false;
     for (const k of this.hmacKeys) {
       if (k.untilMs <= nowMs) continue;
-      if (kid !== undefined && k.kid !== kid) continue;
+      // A key without an id takes any token; a key with one only the tokens that name it.
+      if (kid !== undefined && k.kid !== null && k.kid !== kid) continue;
       tried = true;
       const result = await this.verifyWith(token, k.key, ['HS256']);
       // Another key may have signed it (rotation without kids); every other verdict is final.
