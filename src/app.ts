@@ -282,7 +282,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const route = ex.route!;
     if (route.action === null) return forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, null);
     flows
-      .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, body))
+      .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, withLength(upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), body.length), onForwarded, body))
       .catch((err: unknown) => failed(ex, res, err));
   };
 
@@ -324,6 +324,14 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 }
 
 const EXCHANGE = Symbol('exchange');
+
+/** A header list whose Content-Length is that of the body the gateway sends (auth flows re-serialise it). */
+function withLength(headers: string[], length: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (headers[i] !== 'content-length') out.push(headers[i]!, headers[i + 1]!);
+  if (length > 0) out.push('content-length', String(length));
+  return out;
+}
 
 /** Own endpoints, matched on the path before the query; everything else is proxied. */
 const OWN_ENDPOINTS: ReadonlySet<string> = new Set(RESERVED_PATHS);

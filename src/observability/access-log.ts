@@ -67,7 +67,8 @@ export class AccessLog {
         `,"route":${ex.route === null ? 'null' : `"${ex.route.name}"`},"status_code":${status}` +
         `,"response_time_ms":${Math.round(ms * 100) / 100},"user_agent":${str(req.headers['user-agent'])}` +
         `,"ip_address":${str(ex.clientIp)},"upstream":${str(ex.upstreamOrigin)}` +
-        `,"error_code":${ex.errorCode === null ? 'null' : `"${ex.errorCode}"`},"message":"${slow ? 'slow request' : 'request'}"}\n`,
+        `,"error_code":${ex.errorCode === null ? 'null' : `"${ex.errorCode}"`}${ex.breakGlass === null ? '' : ',"break_glass":true'}` +
+        `,"message":"${slow ? 'slow request' : 'request'}"}\n`,
     );
   }
 }

@@ -39,6 +39,11 @@ export interface AuthFlowOptions {
   clockSkewSeconds: number;
 }
 
+/** A refusal, or the validated body to send on (undefined: no body). */
+type Outcome = NonNullable<StageResult> | { send: unknown };
+
+const EMPTY = Buffer.alloc(0);
+
 /** Hands the validated body on to the upstream. */
 export type ForwardBody = (ex: Exchange, body: Buffer) => void;
 
@@ -81,61 +86,71 @@ export class AuthFlows {
           return answer(res, ex, 'GW_INVALID_BODY', 'the body is not valid JSON');
         }
       }
-      let refused: StageResult;
+      let outcome: Outcome;
       switch (route.action) {
         case 'login':
-          refused = await this.login(ex, json);
+          outcome = await this.login(ex, json);
           break;
         case 'refresh':
-          refused = await this.refresh(json);
+          outcome = await this.refresh(json);
           break;
         case 'logout':
-          refused = await this.logout(ex, json);
+          outcome = await this.logout(ex, json, body.length === 0);
           break;
         default:
           return this.revoke(ex, res, json);
       }
-      if (refused !== null) return answer(res, ex, refused.code, refused.detail, refused.headers);
-      forwardBody(ex, body);
+      if (!('send' in outcome)) return answer(res, ex, outcome.code, outcome.detail, outcome.headers);
+      // The upstream gets the object that was validated, re-serialised: never bytes that another
+      // JSON parser could read differently (a duplicated field, say).
+      forwardBody(ex, outcome.send === undefined ? EMPTY : Buffer.from(JSON.stringify(outcome.send)));
     });
   }
 
-  private async login(ex: Exchange, json: unknown): Promise<StageResult> {
+  private async login(ex: Exchange, json: unknown): Promise<Outcome> {
     const parsed = LOGIN.safeParse(json);
     if (!parsed.success) return invalid(parsed.error, json);
     const accountKey = `login_failures:account:${createHash('sha256').update(parsed.data.email.toLowerCase()).digest('base64url').slice(0, 32)}`;
     const ipKey = `login_failures:ip:${keyPart(ex.clientIp)}`;
     const { maxFailuresPerAccount, maxFailuresPerIp, failureWindowMs } = this.options;
+    // Every attempt is counted before it is sent (so concurrent guesses cannot all slip past the
+    // check) and given back once the answer shows it was not a failed sign-in.
     const [account, ip] = await Promise.all([
-      this.store.count(accountKey, maxFailuresPerAccount, failureWindowMs, true),
-      this.store.count(ipKey, maxFailuresPerIp, failureWindowMs, true),
+      this.store.count(accountKey, maxFailuresPerAccount, failureWindowMs, 'take'),
+      this.store.count(ipKey, maxFailuresPerIp, failureWindowMs, 'take'),
     ]);
+    const giveBack = (taken: Array<[string, number]>) => {
+      for (const [key, limit] of taken) {
+        this.store.count(key, limit, failureWindowMs, 'refund').catch((err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot give back a login attempt'));
+      }
+    };
+    const taken: Array<[string, number]> = [];
+    if (account.allowed) taken.push([accountKey, maxFailuresPerAccount]);
+    if (ip.allowed) taken.push([ipKey, maxFailuresPerIp]);
     const blocked = !account.allowed ? account : !ip.allowed ? ip : null;
     if (blocked !== null) {
+      giveBack(taken);
       this.logger.warn({ request_id: ex.id, ip_address: ex.clientIp, scope: blocked === account ? 'account' : 'ip' }, 'login refused: too many failed attempts');
       return { code: 'GW_RATE_LIMITED', detail: 'too many failed sign-in attempts; wait before trying again', headers: { 'retry-after': String(Math.max(1, Math.ceil(blocked.retryAfterMs / 1000))) } };
     }
     ex.after = (done) => {
       const status = done.upstreamStatus;
-      if (status !== 401 && status !== 403) return;
-      void Promise.all([this.store.count(accountKey, maxFailuresPerAccount, failureWindowMs, false), this.store.count(ipKey, maxFailuresPerIp, failureWindowMs, false)]).catch(
-        (err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot count a failed login'),
-      );
+      if (status !== 401 && status !== 403) giveBack(taken);
     };
-    return null;
+    return { send: parsed.data };
   }
 
-  private async refresh(json: unknown): Promise<StageResult> {
+  private async refresh(json: unknown): Promise<Outcome> {
     const parsed = REFRESH.safeParse(json);
     if (!parsed.success) return invalid(parsed.error, json);
     const facts = tokenFacts(parsed.data.refresh_token);
     if (facts !== null && (await this.store.isRevoked(facts))) {
       return { code: 'GW_AUTH_TOKEN_REVOKED', detail: 'the refresh token has been revoked; sign in again' };
     }
-    return null;
+    return { send: parsed.data };
   }
 
-  private async logout(ex: Exchange, json: unknown): Promise<StageResult> {
+  private async logout(ex: Exchange, json: unknown, emptyBody: boolean): Promise<Outcome> {
     const parsed = LOGOUT.safeParse(json);
     if (!parsed.success) return invalid(parsed.error, json);
     const who = ex.identity!;
@@ -159,7 +174,7 @@ export class AuthFlows {
       return { code: 'GW_DEPENDENCY_UNAVAILABLE', detail: 'the logout cannot reach every gateway replica right now; retry shortly', headers: { 'retry-after': '1' } };
     }
     this.logger.info({ request_id: ex.id, user_id: who.userId }, 'tokens revoked at logout');
-    return null;
+    return { send: emptyBody ? undefined : parsed.data };
   }
 
   private async revoke(ex: Exchange, res: ServerResponse, json: unknown): Promise<void> {
@@ -222,7 +237,7 @@ function describe(error: z.ZodError, json: unknown): string {
   return `${field}: ${missing ? 'is required' : issue.message}`;
 }
 
-function invalid(error: z.ZodError, json: unknown): StageResult {
+function invalid(error: z.ZodError, json: unknown): NonNullable<StageResult> {
   return { code: 'GW_INVALID_BODY', detail: describe(error, json) };
 }
 

@@ -40,12 +40,18 @@ export type Revocation =
   | { readonly kind: 'user'; readonly userId: string; readonly before: number; readonly ttlSeconds: number }
   | { readonly kind: 'session'; readonly sessionId: string };
 
+/**
+ * `take` counts one if it passes; `check` answers whether one more would pass without counting;
+ * `refund` gives back one counted earlier (a login attempt that turned out to succeed).
+ */
+export type CountMode = 'take' | 'check' | 'refund';
+
 /** The write side: revocations, the session cache, and counters outside the request path. */
 export interface AccessWrites {
   revoke(revocation: Revocation): Promise<void>;
   cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
-  /** GCRA on a key; `dryRun` answers whether one more would pass without counting it. */
-  count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision>;
+  /** GCRA on a key, outside the request path (see CountMode). */
+  count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision>;
 }
 
 /**

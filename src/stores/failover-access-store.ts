@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { REVOCATION_CHANNEL, type AccessAnswer, type AccessQuery, type Revocation, type TokenFacts } from './access-store.js';
+import { REVOCATION_CHANNEL, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
 import type { MemoryAccessStore } from './memory-access-store.js';
 import { parseRevocation, type RedisAccessStore } from './redis-access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
@@ -53,7 +53,7 @@ export class AccessControl {
   async probe(): Promise<void> {
     if (this.shared === null || !this.failing) return;
     try {
-      await this.shared.count('rate_limit:gateway:probe', 1_000_000, 60_000, true);
+      await this.shared.count('rate_limit:gateway:probe', 1_000_000, 60_000, 'check');
       this.recovered();
     } catch {
       // still failing; the next request or probe tries again
@@ -90,13 +90,13 @@ export class AccessControl {
   }
 
   /** A counter outside the request path (failed logins); the local one while Redis is away. */
-  async count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision> {
-    if (this.shared === null) return this.local.countNow(key, limit, windowMs, dryRun);
+  async count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
+    if (this.shared === null) return this.local.countNow(key, limit, windowMs, mode);
     try {
-      return await this.shared.count(key, limit, windowMs, dryRun);
+      return await this.shared.count(key, limit, windowMs, mode);
     } catch (err) {
       this.failed(err);
-      return this.local.countNow(key, limit, windowMs, dryRun);
+      return this.local.countNow(key, limit, windowMs, mode);
     }
   }
 

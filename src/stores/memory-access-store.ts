@@ -1,4 +1,4 @@
-import { REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type Revocation, type TokenFacts } from './access-store.js';
+import { REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
 import { MemoryRateLimitStore } from './memory-rate-limit.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 
@@ -99,12 +99,16 @@ export class MemoryAccessStore implements AccessWrites {
     return Promise.resolve();
   }
 
-  countNow(key: string, limit: number, windowMs: number, dryRun: boolean): RateLimitDecision {
-    return this.limits.consumeNow(key, limit, windowMs, dryRun);
+  countNow(key: string, limit: number, windowMs: number, mode: CountMode): RateLimitDecision {
+    if (mode === 'refund') {
+      this.limits.refund(key, limit, windowMs);
+      return { allowed: true, limit, remaining: 0, resetMs: 0, retryAfterMs: 0 };
+    }
+    return this.limits.consumeNow(key, limit, windowMs, mode === 'check');
   }
 
-  count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision> {
-    return Promise.resolve(this.countNow(key, limit, windowMs, dryRun));
+  count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
+    return Promise.resolve(this.countNow(key, limit, windowMs, mode));
   }
 
   close(): void {

@@ -35,6 +35,15 @@ export class MemoryRateLimitStore implements RateLimitStore {
     return decision;
   }
 
+  /** Gives back one request counted earlier: the TAT moves back one interval, never before now. */
+  refund(key: string, limit: number, windowMs: number): void {
+    const tat = this.tats.get(key);
+    if (tat === undefined) return;
+    const back = tat - windowMs / limit;
+    if (back <= this.now()) this.tats.delete(key);
+    else this.tats.set(key, back);
+  }
+
   get size(): number {
     return this.tats.size;
   }

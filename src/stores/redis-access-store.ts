@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type Revocation, type TokenFacts } from './access-store.js';
+import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 
 /**
@@ -23,12 +23,23 @@ end
 return {1, math.floor((window - (new_tat - now)) / interval), math.ceil(new_tat - now), 0, session}
 `;
 
-/** ARGV: interval, window, dry ('1'/'0'). */
+/** ARGV: interval, window, mode ('take', 'check' or 'refund'; see CountMode). */
 const COUNT = `
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local dry = ARGV[3] == '1'
+local dry = ARGV[3] == 'check'
 local session = false
+if ARGV[3] == 'refund' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  local tat = tonumber(redis.call('GET', KEYS[1]))
+  if tat ~= nil then
+    local back = tat - interval
+    if back <= now then redis.call('DEL', KEYS[1])
+    else redis.call('SET', KEYS[1], string.format('%.3f', back), 'PX', math.max(1, math.ceil(back - now))) end
+  end
+  return {1, 0, 0, 0}
+end
 ${GCRA}`;
 
 /**
@@ -67,7 +78,7 @@ return 1
 
 type Reply = [number, number?, number?, number?, (string | null)?];
 type Scripted = {
-  gatewayCount(key: string, interval: string, window: string, dry: string): Promise<Reply>;
+  gatewayCount(key: string, interval: string, window: string, mode: CountMode): Promise<Reply>;
   gatewayAccess(rate: string, jti: string, user: string, session: string, interval: string, window: string, hasJti: string, iat: string, hasSession: string): Promise<Reply>;
   gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number>;
   gatewayIsRevoked(jti: string, user: string, hasJti: string, iat: string): Promise<number>;
@@ -98,7 +109,7 @@ export class RedisAccessStore implements AccessWrites {
     const window = String(q.windowMs);
     const token = q.token;
     if (token === null) {
-      return { revoked: false, sessionUser: null, decision: decisionOf(await this.redis.gatewayCount(q.rateKey, interval, window, '0'), q.limit) };
+      return { revoked: false, sessionUser: null, decision: decisionOf(await this.redis.gatewayCount(q.rateKey, interval, window, 'take'), q.limit) };
     }
     const reply = await this.redis.gatewayAccess(
       q.rateKey,
@@ -125,8 +136,8 @@ export class RedisAccessStore implements AccessWrites {
     return reply === 1;
   }
 
-  async count(key: string, limit: number, windowMs: number, dryRun: boolean): Promise<RateLimitDecision> {
-    return decisionOf(await this.redis.gatewayCount(key, String(windowMs / limit), String(windowMs), dryRun ? '1' : '0'), limit);
+  async count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
+    return decisionOf(await this.redis.gatewayCount(key, String(windowMs / limit), String(windowMs), mode), limit);
   }
 
   /** Stores the revocation, then announces it so that every replica's fallback mirrors it. */

@@ -1,8 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { stringify } from 'yaml';
+import { parse, stringify } from 'yaml';
 import { startGateway, type RunningGateway } from '../../src/start.js';
 import { TEST_SECRET } from './tokens.js';
 
@@ -75,4 +76,13 @@ export function routesFor(upstreamUrl: string, routes: Array<Record<string, unkn
     services: { backend: { instances: [upstreamUrl] } },
     routes: routes.map((r) => ({ service: 'backend', ...r })),
   };
+}
+
+/**
+ * config/routes.yaml as shipped (its ${VAR} references resolved from the gateway's environment:
+ * set AUTH_SERVICE_URL and CHAT_HISTORY_URL), with services and routes of the test's own added.
+ */
+export function shippedRoutes(extra: { services?: Record<string, unknown>; routes?: Array<Record<string, unknown>> } = {}): Record<string, unknown> {
+  const shipped = parse(readFileSync(new URL('../../config/routes.yaml', import.meta.url), 'utf8')) as { services: Record<string, unknown>; routes: unknown[]; [key: string]: unknown };
+  return { ...shipped, services: { ...shipped.services, ...extra.services }, routes: [...shipped.routes, ...(extra.routes ?? [])] };
 }

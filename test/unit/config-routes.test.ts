@@ -95,6 +95,91 @@ describe('parseRoutesFile: an invalid file is refused with the field that is wro
   });
 });
 
+describe('parseRoutesFile: auth flows and authorization fields are checked', () => {
+  const cases: Array<[what: string, yaml: string, expected: string | RegExp]> = [
+    [
+      'a revoke route with a service',
+      `${SERVICES}routes:\n  - { name: a, path: /a, service: backend }\n  - { name: revoke, path: /revocations, methods: [POST], action: revoke, service: backend }\n`,
+      'routes[1].service: a revoke route is answered by the gateway: remove service',
+    ],
+    ['a proxied route without a service', `${SERVICES}routes:\n  - { name: a, path: /a }\n`, 'routes[0].service: service is required (the service that answers this route)'],
+    ['a login route without a service', `${SERVICES}routes:\n  - { name: login, path: /login, action: login, auth: public }\n`, /^routes\[0\]\.service: service is required/],
+    [
+      'a subject.param the pattern does not capture',
+      `${SERVICES}routes:\n  - { name: a, pattern: /residents/:residentId/records, service: backend, subject: { param: patientId } }\n`,
+      'routes[0].subject.param: the pattern captures no :patientId',
+    ],
+    [
+      'a subject.param on a route matched by exact path',
+      `${SERVICES}routes:\n  - { name: a, path: /residents/records, service: backend, subject: { param: residentId } }\n`,
+      'routes[0].subject.param: the pattern captures no :residentId',
+    ],
+    ['a subject naming neither param nor query', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, subject: { unlessPermission: records:read:any } }\n`, /^routes\[0\]\.subject: subject names exactly one of param/],
+    [
+      'a public route with a permission',
+      `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, auth: public, permission: records:read }\n`,
+      'routes[0].permission: a public route cannot require permission; set auth: required',
+    ],
+    ['a public route with a subject', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, auth: public, subject: { query: resident_id } }\n`, /^routes\[0\]\.subject: a public route cannot require subject/],
+    ['a public logout route', `${SERVICES}routes:\n  - { name: a, path: /logout, service: backend, auth: public, action: logout }\n`, 'routes[0].auth: a logout route needs auth: required'],
+    ['an unknown action', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, action: register }\n`, /^routes\[0\]\.action: action is login, refresh, logout or revoke/],
+    ['an unknown role under permissions', `${SERVICES}permissions:\n  doctor: [records:read]\nroutes:\n  - { name: a, path: /a, service: backend }\n`, /^permissions: unknown field "doctor"/],
+    [
+      'a malformed permission under permissions',
+      `${SERVICES}permissions:\n  resident: [chat:read, "Records:Read"]\nroutes:\n  - { name: a, path: /a, service: backend }\n`,
+      /^permissions\.resident\[1\]: permissions are lower-case words joined by ":"/,
+    ],
+    ['a malformed route permission', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, permission: "records read" }\n`, /^routes\[0\]\.permission: permissions are lower-case words joined by ":"/],
+    ['a permission with an empty part', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, permission: "records::read" }\n`, /^routes\[0\]\.permission: permissions are lower-case words/],
+    [
+      'a malformed subject.unlessPermission',
+      `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, subject: { query: resident_id, unlessPermission: "records:read:" } }\n`,
+      /^routes\[0\]\.subject\.unlessPermission: permissions are lower-case words/,
+    ],
+    ['a breakGlass that is not a boolean', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, breakGlass: "yes" }\n`, /^routes\[0\]\.breakGlass: /],
+  ];
+
+  for (const [what, yaml, expected] of cases) {
+    it(what, () => {
+      const problems = problemsOf(yaml);
+      assert.equal(problems.length, 1, problems.join('\n'));
+      if (typeof expected === 'string') assert.equal(problems[0], expected);
+      else assert.match(problems[0]!, expected);
+    });
+  }
+
+  it('the shipped config/routes.yaml declares the auth flows and the chat-history policy', async () => {
+    const parsed = parseRoutesFile(await readFile('config/routes.yaml', 'utf8'), { AUTH_SERVICE_URL: 'http://127.0.0.1:8080' });
+    assert.deepEqual(parsed.services['auth-rbac']!.instances, ['http://127.0.0.1:8080']);
+    const byName = new Map(parsed.routes.map((r) => [r.name, r]));
+    const login = byName.get('auth-login')!;
+    assert.deepEqual([login.path, login.action, login.auth, login.service], ['/api/v1/auth/login', 'login', 'public', 'auth-rbac']);
+    assert.deepEqual([byName.get('auth-refresh')!.action, byName.get('auth-refresh')!.auth], ['refresh', 'public']);
+    assert.deepEqual([byName.get('auth-logout')!.action, byName.get('auth-logout')!.auth], ['logout', 'required']);
+    const history = byName.get('chat-history')!;
+    assert.deepEqual([history.permission, history.breakGlass, history.phi], ['chat:read', true, true]);
+    const revoke = byName.get('gateway-revocations')!;
+    assert.deepEqual([revoke.action, revoke.service, revoke.permission], ['revoke', undefined, 'tokens:revoke']);
+  });
+
+  it('accepts permissions, roles, subject and breakGlass together, with their defaults', () => {
+    const parsed = parseRoutesFile(
+      `${SERVICES}permissions:\n  family_member: [records:read]\nroutes:\n` +
+        '  - { name: records, pattern: /residents/:residentId/records, service: backend, permission: records:read, breakGlass: true, subject: { param: residentId, unlessPermission: records:read:any } }\n' +
+        '  - { name: by-query, path: /records, service: backend, roles: [resident, family_member], subject: { query: resident_id } }\n' +
+        '  - { name: revoke, path: /revocations, methods: [POST], action: revoke, permission: tokens:revoke }\n',
+      {},
+    );
+    assert.deepEqual(parsed.permissions, { family_member: ['records:read'] });
+    assert.equal(parsed.routes[0]!.breakGlass, true);
+    assert.deepEqual(parsed.routes[0]!.subject, { param: 'residentId', unlessPermission: 'records:read:any' });
+    assert.equal(parsed.routes[1]!.breakGlass, false);
+    assert.deepEqual(parsed.routes[1]!.subject, { query: 'resident_id' });
+    assert.equal(parsed.routes[2]!.service, undefined);
+    assert.equal(parsed.routes[2]!.auth, 'required');
+  });
+});
+
 describe('parseRoutesFile: ${VAR} substitution', () => {
   const file = 'services:\n  backend:\n    instances: ["${BACKEND_URL:-http://backend:8000}"]\nroutes:\n  - name: a\n    path: /a\n    service: backend\n    headers: { X-Tenant: "${TENANT:-default-tenant}" }\n';
 
