@@ -1,5 +1,15 @@
 import { webcrypto } from 'node:crypto';
-import { createRemoteJWKSet, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey, type ProtectedHeaderParameters } from 'jose';
+import {
+  createLocalJWKSet,
+  createRemoteJWKSet,
+  decodeProtectedHeader,
+  errors,
+  jwtVerify,
+  type JSONWebKeySet,
+  type JWTPayload,
+  type JWTVerifyGetKey,
+  type ProtectedHeaderParameters,
+} from 'jose';
 import type { Identity } from './identity.js';
 import { isRole } from './roles.js';
 
@@ -39,7 +49,8 @@ export interface JwtVerifierOptions {
 export const VERIFIED_CACHE_SIZE = 10_000;
 export const JWKS_ALGORITHMS = ['RS256', 'ES256', 'EdDSA'] as const;
 
-const BEARER = /^Bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/;
+// The scheme name is case-insensitive (RFC 9110 11.1).
+const BEARER = /^bearer +([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)$/i;
 const PHI_LEVEL = /^[a-z_]{1,32}$/;
 const CLAIM_ID = /^[\x21-\x7e]{1,128}$/;
 
@@ -245,15 +256,27 @@ export class JwtVerifier {
 
 /**
  * jose's remote key set (cached; an unknown kid triggers a refetch at most once per cooldown),
- * with its transport failures told apart from "no such key".
+ * with its transport failures told apart from "no such key". While the endpoint is down, the
+ * last key set fetched keeps verifying: an outage longer than the cache age must not turn every
+ * token into a 503. Only a token needing a key never seen gets one.
  */
 function guardedKeySet(url: string, timeoutMs: number): JWTVerifyGetKey {
   const remote = createRemoteJWKSet(new URL(url), { timeoutDuration: timeoutMs, cooldownDuration: 30_000, cacheMaxAge: 600_000 });
+  let lastKnown: { source: JSONWebKeySet; keys: JWTVerifyGetKey } | null = null;
   return async (header, token) => {
     try {
       return await remote(header, token);
     } catch (err) {
       if (err instanceof errors.JWKSNoMatchingKey || err instanceof errors.JWKSMultipleMatchingKeys) throw err;
+      const last = remote.jwks();
+      if (last !== undefined) {
+        if (lastKnown?.source !== last) lastKnown = { source: last, keys: createLocalJWKSet(last) };
+        try {
+          return await lastKnown.keys(header, token);
+        } catch {
+          // not among the keys fetched before: only the endpoint could say
+        }
+      }
       throw new KeySourceUnavailable('the JWKS endpoint cannot be reached', { cause: err });
     }
   };

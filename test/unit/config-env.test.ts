@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseEnv, type Env } from '../../src/config/env.js';
+import { ConfigError } from '../../src/config/load.js';
+import { startGateway } from '../../src/start.js';
 
 const SECRET = 'SECRET-CANARY-do-not-print-0123456789abcdef';
 
@@ -138,5 +140,61 @@ describe('parseEnv: a bad value names its variable', () => {
   it('TLS_CERT_FILE and TLS_KEY_FILE come together', () => {
     const errs = errors({ JWT_SECRET: SECRET, TLS_CERT_FILE: '/etc/certs/api-gateway.crt' });
     assert.ok(errs[0]!.startsWith('TLS_KEY_FILE: '), errs[0]);
+  });
+});
+
+describe('parseEnv: JWT key rotation variables', () => {
+  const PREVIOUS = 'PREVIOUS-CANARY-do-not-print-0123456789abcdef';
+
+  it('JWT_SECRET of 31 bytes is refused, 32 bytes (counted as UTF-8) is accepted', () => {
+    const errs = errors({ JWT_SECRET: 'x'.repeat(31) });
+    assert.equal(errs.length, 1, errs.join('; '));
+    assert.ok(errs[0]!.startsWith('JWT_SECRET: '), errs[0]);
+    assert.ok(!errs[0]!.includes('x'.repeat(31)), 'the secret was echoed');
+    assert.equal(ok({ JWT_SECRET: 'x'.repeat(32) }).JWT_SECRET, 'x'.repeat(32));
+    // 16 characters, 32 bytes: the length that matters to HMAC is in bytes.
+    assert.equal(ok({ JWT_SECRET: 'é'.repeat(16) }).JWT_SECRET, 'é'.repeat(16));
+    assert.match(errors({ JWT_SECRET: 'é'.repeat(15) })[0]!, /^JWT_SECRET: /);
+  });
+
+  it('a gateway with a short JWT_SECRET refuses to start, naming the variable and not the value', async () => {
+    const short = 'START-CANARY-123';
+    await assert.rejects(startGateway({ JWT_SECRET: short, HOST: '127.0.0.1', PORT: '0', ROUTES_FILE: '/nonexistent/routes.yaml' }), (err: unknown) => {
+      assert.ok(err instanceof ConfigError, String(err));
+      assert.deepEqual(err.problems.map((p) => p.split(':')[0]), ['JWT_SECRET']);
+      assert.ok(!err.message.includes(short), 'the secret was echoed');
+      return true;
+    });
+  });
+
+  it('JWT_PREVIOUS_SECRET without JWT_PREVIOUS_SECRET_EXPIRES_AT is refused, naming the missing variable', () => {
+    const errs = errors({ JWT_SECRET: SECRET, JWT_PREVIOUS_SECRET: PREVIOUS });
+    assert.equal(errs.length, 1, errs.join('; '));
+    assert.ok(errs[0]!.startsWith('JWT_PREVIOUS_SECRET_EXPIRES_AT: '), errs[0]);
+    assert.ok(!errs.join('\n').includes(PREVIOUS), 'the previous secret was echoed');
+    assert.ok(!errs.join('\n').includes(SECRET), 'the secret was echoed');
+  });
+
+  it('a short JWT_PREVIOUS_SECRET is refused without echoing it', () => {
+    const short = 'PREV-SHORT-CANARY';
+    const errs = errors({ JWT_SECRET: SECRET, JWT_PREVIOUS_SECRET: short, JWT_PREVIOUS_SECRET_EXPIRES_AT: '2026-12-01T00:00:00Z' });
+    assert.equal(errs.length, 1, errs.join('; '));
+    assert.ok(errs[0]!.startsWith('JWT_PREVIOUS_SECRET: '), errs[0]);
+    assert.ok(!errs[0]!.includes(short), 'the previous secret was echoed');
+  });
+
+  it('JWT_PREVIOUS_SECRET_EXPIRES_AT that is not a time is refused, naming it', () => {
+    const errs = errors({ JWT_SECRET: SECRET, JWT_PREVIOUS_SECRET: PREVIOUS, JWT_PREVIOUS_SECRET_EXPIRES_AT: 'next tuesday' });
+    assert.equal(errs.length, 1, errs.join('; '));
+    assert.ok(errs[0]!.startsWith('JWT_PREVIOUS_SECRET_EXPIRES_AT: '), errs[0]);
+    assert.ok(!errs[0]!.includes(PREVIOUS));
+  });
+
+  it('a complete rotation is read: the end of the overlap in milliseconds, the kids as given', () => {
+    const env = ok({ JWT_SECRET: SECRET, JWT_KID: 'k-new', JWT_PREVIOUS_SECRET: PREVIOUS, JWT_PREVIOUS_KID: 'k-old', JWT_PREVIOUS_SECRET_EXPIRES_AT: '2026-12-01T00:00:00Z' });
+    assert.equal(env.JWT_PREVIOUS_SECRET, PREVIOUS);
+    assert.equal(env.JWT_PREVIOUS_SECRET_EXPIRES_AT, Date.UTC(2026, 11, 1));
+    assert.equal(env.JWT_KID, 'k-new');
+    assert.equal(env.JWT_PREVIOUS_KID, 'k-old');
   });
 });
