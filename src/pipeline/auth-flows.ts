@@ -24,10 +24,21 @@ const LOGIN = z.strictObject({
 });
 const REFRESH = z.strictObject({ refresh_token: JWT_SHAPE });
 const LOGOUT = z.strictObject({ refresh_token: JWT_SHAPE.optional() });
-const REVOKE = z.union([
-  z.strictObject({ jti: z.string().min(1).max(128), expires_at: z.number().int().positive().optional() }),
-  z.strictObject({ user_id: z.string().min(1).max(128), issued_before: z.number().int().positive().optional() }),
-], { error: 'send { "jti": "...", "expires_at": <epoch s> } or { "user_id": "...", "issued_before": <epoch s> }' });
+const ID = z.string({ error: 'must be a string' }).min(1, 'must not be empty').max(128, 'must be at most 128 characters');
+const EPOCH = z.number({ error: 'must be a number (seconds since the epoch)' }).int('must be whole seconds since the epoch').positive('must be positive');
+/** `{ "jti", "expires_at"? }` or `{ "user_id", "issued_before"? }`; each field checked on its own, so errors name it. */
+const REVOKE = z
+  .strictObject({ jti: ID.optional(), expires_at: EPOCH.optional(), user_id: ID.optional(), issued_before: EPOCH.optional() })
+  .superRefine((b, ctx) => {
+    const byToken = b.jti !== undefined;
+    if (byToken === (b.user_id !== undefined)) {
+      ctx.addIssue({ code: 'custom', path: [byToken ? 'user_id' : 'jti'], message: 'send exactly one of jti (one token) or user_id (every token of a user)' });
+    } else if (byToken && b.issued_before !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['issued_before'], message: 'goes with user_id, not jti' });
+    } else if (!byToken && b.expires_at !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['expires_at'], message: 'goes with jti, not user_id' });
+    }
+  });
 
 export interface AuthFlowOptions {
   /** Failed logins per account (email) and per client IP in `failureWindowMs`, before 429. */
@@ -162,9 +173,11 @@ export class AuthFlows {
         : { kind: 'user', userId: who.userId, before: nowS, ttlSeconds: this.userRevocationTtl() },
     ];
     const refresh = parsed.data.refresh_token !== undefined ? tokenFacts(parsed.data.refresh_token) : null;
+    if (parsed.data.refresh_token !== undefined && refresh?.userId !== who.userId) {
+      // Only the holder's own refresh token: a logout neither revokes nor forwards somebody else's.
+      return { code: 'GW_INVALID_BODY', detail: 'refresh_token: is not a token of the signed-in user' };
+    }
     if (refresh?.tokenId) {
-      // Only the holder's own refresh token: a logout cannot revoke somebody else's.
-      if (refresh.userId !== who.userId) return { code: 'GW_INVALID_BODY', detail: 'refresh_token: belongs to another user' };
       revocations.push({ kind: 'token', tokenId: refresh.tokenId, ttlSeconds: Math.min(MAX_REFRESH_TTL_SECONDS, Math.max(1, refresh.expiresAt - nowS)) });
     }
     if (who.sessionId !== null) revocations.push({ kind: 'session', sessionId: who.sessionId });
@@ -183,26 +196,30 @@ export class AuthFlows {
     const nowS = Math.floor(this.now() / 1000);
     const data = parsed.data;
     let revocation: Revocation;
-    if ('jti' in data) {
+    if (data.jti !== undefined) {
       const ttl = data.expires_at !== undefined ? data.expires_at - nowS + this.options.clockSkewSeconds : this.userRevocationTtl();
       if (ttl <= 0) return answer(res, ex, 'GW_INVALID_BODY', 'expires_at: the token has already expired');
       revocation = { kind: 'token', tokenId: data.jti, ttlSeconds: Math.min(ttl, MAX_REFRESH_TTL_SECONDS) };
     } else {
-      revocation = { kind: 'user', userId: data.user_id, before: Math.min(data.issued_before ?? nowS, nowS), ttlSeconds: this.userRevocationTtl() };
+      revocation = { kind: 'user', userId: data.user_id!, before: Math.min(data.issued_before ?? nowS, nowS), ttlSeconds: this.userRevocationTtl() };
     }
     try {
       await this.store.revoke(revocation);
     } catch {
       return answer(res, ex, 'GW_DEPENDENCY_UNAVAILABLE', 'the revocation cannot reach every gateway replica right now; retry shortly', { 'retry-after': '1' });
     }
-    this.logger.warn({ request_id: ex.id, user_id: ex.identity!.userId, revocation: revocation.kind, target: 'jti' in data ? 'token' : data.user_id }, 'revocation recorded');
+    this.logger.warn({ request_id: ex.id, user_id: ex.identity!.userId, revocation: revocation.kind, target: data.jti !== undefined ? 'token' : data.user_id }, 'revocation recorded');
     const body = JSON.stringify({ revoked: revocation.kind === 'token' ? { jti: revocation.tokenId } : { user_id: revocation.userId, issued_before: revocation.before } });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'x-request-id': ex.id, 'cache-control': 'no-store' });
     res.end(body);
   }
 
+  /**
+   * A revocation without a known expiry must outlive every token it covers, refresh tokens
+   * included, which live longer than the access-token cap.
+   */
   private userRevocationTtl(): number {
-    return this.options.maxTokenLifetimeSeconds + this.options.clockSkewSeconds;
+    return Math.max(MAX_REFRESH_TTL_SECONDS, this.options.maxTokenLifetimeSeconds + this.options.clockSkewSeconds);
   }
 }
 

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { REVOCATION_CHANNEL, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
+import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
 import type { MemoryAccessStore } from './memory-access-store.js';
 import { parseRevocation, type RedisAccessStore } from './redis-access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
@@ -66,7 +66,9 @@ export class AccessControl {
     return this.shared.check(q).then(
       (answer) => {
         if (this.failing) this.recovered();
-        return answer;
+        // The mirror as well: a Redis that restarted without its data forgets revocations that
+        // this replica made or heard of; a map lookup keeps them refused.
+        return q.token !== null && !answer.revoked && this.local.isRevokedNow(q.token) ? REVOKED : answer;
       },
       (err: unknown) => {
         this.failed(err);
@@ -101,18 +103,20 @@ export class AccessControl {
   }
 
   /**
-   * Records a revocation here, then in Redis for every replica. Throws when Redis cannot take
-   * it: the caller must not report a logout that other replicas would not honour.
+   * Records a revocation in Redis for every replica, then in this replica's mirror. Throws when
+   * Redis cannot take it: the caller must not report a logout that other replicas would not
+   * honour, and a refused revocation changes nothing anywhere (the client retries it whole).
    */
   async revoke(r: Revocation): Promise<void> {
-    this.local.apply(r);
-    if (this.shared === null) return;
-    try {
-      await this.shared.revoke(r);
-    } catch (err) {
-      this.failed(err);
-      throw err;
+    if (this.shared !== null) {
+      try {
+        await this.shared.revoke(r);
+      } catch (err) {
+        this.failed(err);
+        throw err;
+      }
     }
+    this.local.apply(r);
   }
 
   /** Best effort: a session missing from the cache is validated again, never trusted. */

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { Client, type Dispatcher } from 'undici';
+import { Client, request, type Dispatcher } from 'undici';
 import { rawExchange } from './raw-http.js';
 
 export interface ProblemBody {
@@ -78,4 +78,37 @@ export async function rawRequest(port: number, bytes: string | Buffer): Promise<
   const headers: Record<string, string | string[]> = {};
   for (const [name, values] of first.headers) headers[name] = values.length === 1 ? values[0]! : values;
   return { statusCode: first.status, headers, text: first.body };
+}
+
+export interface SendOptions {
+  method?: Dispatcher.HttpMethod;
+  /** Sent as Authorization: Bearer <token>. */
+  token?: string;
+  /** Sent as an application/json body. */
+  json?: unknown;
+  /** Sent as is, with whatever Content-Type `headers` names. */
+  body?: string;
+  headers?: Record<string, string>;
+  /** Far above any answer a test expects: a hang fails the request, not the whole run. */
+  timeoutMs?: number;
+}
+
+/** An answer and how long it took, from the request to the last body byte. */
+export interface TimedAnswer extends Answer {
+  ms: number;
+}
+
+/** One request on the shared pool, read to the end and timed. */
+export async function send(url: string, options: SendOptions = {}): Promise<TimedAnswer> {
+  const headers: Record<string, string> = { ...options.headers };
+  if (options.token !== undefined) headers.authorization = `Bearer ${options.token}`;
+  let body = options.body;
+  if (options.json !== undefined) {
+    headers['content-type'] ??= 'application/json';
+    body = JSON.stringify(options.json);
+  }
+  const timeout = options.timeoutMs ?? 5_000;
+  const started = performance.now();
+  const answer = await read(request(url, { method: options.method ?? (body === undefined ? 'GET' : 'POST'), headers, body, headersTimeout: timeout, bodyTimeout: timeout }));
+  return { ...answer, ms: performance.now() - started };
 }

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { Redis } from 'ioredis';
 import { freePort } from './ports.js';
 
 export interface TestRedis {
@@ -45,4 +46,11 @@ export async function startRedis(): Promise<TestRedis> {
       child = null;
     },
   };
+}
+
+/** A client of the test's own, to look at what the gateway wrote; reconnect noise around an outage is expected. */
+export function inspectRedis(redis: TestRedis): Redis {
+  const client = new Redis(redis.url, { maxRetriesPerRequest: 1, connectTimeout: 1_000 });
+  client.on('error', () => undefined);
+  return client;
 }
