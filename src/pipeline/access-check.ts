@@ -1,7 +1,7 @@
 import type { Identity } from '../auth/identity.js';
 import { SESSION_TTL_SECONDS, type SessionValidator } from '../auth/sessions.js';
 import type { Logger } from '../observability/logger.js';
-import { keyPart, type AccessAnswer, type AccessQuery } from '../stores/access-store.js';
+import { keyPart, keys, type AccessAnswer, type AccessQuery } from '../stores/access-store.js';
 import { UNAVAILABLE, type AccessControl } from '../stores/failover-access-store.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 import { BEARER_CHALLENGE, type StageResult } from './authenticate.js';
@@ -40,7 +40,7 @@ export class AccessCheck {
     const route = ex.route!;
     const limit = route.rateLimit;
     const who = ex.identity;
-    const subject = who !== null ? keyPart(who.userId) : `ip:${ex.clientIp}`;
+    const subject = who !== null ? keyPart(who.userId) : keys.client(ex.clientIp);
     const query: AccessQuery = {
       rateKey: limit.ownKey ? `rate_limit:${route.name}:${subject}` : `rate_limit:${subject}`,
       limit: limit.perMinute,

@@ -1,3 +1,4 @@
+import { keys } from '../stores/access-store.js';
 import type { AccessControl } from '../stores/failover-access-store.js';
 import type { Logger } from '../observability/logger.js';
 import type { StageResult } from './authenticate.js';
@@ -38,7 +39,7 @@ export class AuthFailureLimit {
   /** Counts a failed authentication; past the budget, blocks the address locally until it refills. */
   failed(ip: string): void {
     this.store
-      .count(`rate_limit:ip:${ip}`, this.perMinute, RATE_WINDOW_MS, 'take')
+      .count(`rate_limit:${keys.client(ip)}`, this.perMinute, RATE_WINDOW_MS, 'take')
       .then((d) => {
         // Spent (this failure took the last of it) or overspent: wait until one more would pass.
         const waitMs = !d.allowed ? d.retryAfterMs : d.remaining === 0 ? d.resetMs + RATE_WINDOW_MS / this.perMinute - RATE_WINDOW_MS : 0;

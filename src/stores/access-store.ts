@@ -46,14 +46,6 @@ export type Revocation =
  */
 export type CountMode = 'take' | 'check' | 'refund';
 
-/** The write side: revocations, the session cache, and counters outside the request path. */
-export interface AccessWrites {
-  revoke(revocation: Revocation): Promise<void>;
-  cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
-  /** GCRA on a key, outside the request path (see CountMode). */
-  count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision>;
-}
-
 /**
  * Keys as the spec names them (`rate_limit:{user_id}`, `session:{session_id}`) plus the
  * revocation list. An id may hold ':' or '%'; escaped, it can never pose as another key's prefix.
@@ -64,6 +56,8 @@ export function keyPart(id: string): string {
 }
 
 export const keys = {
+  /** The rate-limit subject of anonymous traffic (and of failed authentications): the client address. */
+  client: (ip: string) => `ip:${ip}`,
   revokedToken: (tokenId: string) => `revoked:jti:${keyPart(tokenId)}`,
   revokedUser: (userId: string) => `revoked:user:${keyPart(userId)}`,
   session: (sessionId: string) => `session:${keyPart(sessionId)}`,

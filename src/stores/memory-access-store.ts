@@ -1,4 +1,4 @@
-import { REVOKED, type AccessAnswer, type AccessQuery, type AccessWrites, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
+import { REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
 import { MemoryRateLimitStore } from './memory-rate-limit.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 
@@ -40,7 +40,7 @@ class ExpiringMap<V> {
  * replica's fallback while Redis is away. The fallback also mirrors every revocation this replica
  * made or heard announced, so a token revoked before an outage stays revoked during it.
  */
-export class MemoryAccessStore implements AccessWrites {
+export class MemoryAccessStore {
   readonly limits: MemoryRateLimitStore;
   private readonly revokedTokens: ExpiringMap<true>;
   private readonly revokedUsers: ExpiringMap<number>;
@@ -85,18 +85,8 @@ export class MemoryAccessStore implements AccessWrites {
     } else this.sessions.delete(r.sessionId);
   }
 
-  revoke(r: Revocation): Promise<void> {
-    this.apply(r);
-    return Promise.resolve();
-  }
-
   cacheSessionNow(sessionId: string, userId: string, ttlSeconds: number): void {
     this.sessions.set(sessionId, userId, ttlSeconds * 1000);
-  }
-
-  cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void> {
-    this.cacheSessionNow(sessionId, userId, ttlSeconds);
-    return Promise.resolve();
   }
 
   countNow(key: string, limit: number, windowMs: number, mode: CountMode): RateLimitDecision {
@@ -105,10 +95,6 @@ export class MemoryAccessStore implements AccessWrites {
       return { allowed: true, limit, remaining: 0, resetMs: 0, retryAfterMs: 0 };
     }
     return this.limits.consumeNow(key, limit, windowMs, mode === 'check');
-  }
-
-  count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
-    return Promise.resolve(this.countNow(key, limit, windowMs, mode));
   }
 
   close(): void {
