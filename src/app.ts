@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
@@ -8,6 +9,8 @@ import { compileConfig, type CompiledConfig } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
 import { RESERVED_PATHS } from './config/routes-schema.js';
 import type { GatewayConfig } from './config/load.js';
+import { RoutesReloader, type ReloadResult } from './config/reload.js';
+import type { RoutesFile } from './config/routes-schema.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
 import { AccessLog } from './observability/access-log.js';
 import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
@@ -32,6 +35,7 @@ import { RedisAccessStore } from './stores/redis-access-store.js';
 import { createRedisClient } from './stores/redis-client.js';
 import { BREAK_GLASS_HEADER } from './pipeline/authorize.js';
 import { UpstreamPools } from './upstream/pools.js';
+import { UpstreamRegistry } from './upstream/registry.js';
 import { VERSION } from './version.js';
 
 declare module 'fastify' {
@@ -45,13 +49,34 @@ export interface Gateway {
   readonly health: HealthMonitor;
   /** Readiness turns false, new connections are refused, in-flight requests finish. */
   close(): Promise<void>;
+  /** Re-reads the routes file and swaps it in, or refuses it and keeps the running one (SIGHUP). */
+  reload(): Promise<ReloadResult>;
   isShuttingDown(): boolean;
 }
 
 export async function buildGateway(config: GatewayConfig, { log: logger, access }: Loggers): Promise<Gateway> {
   const { env } = config;
   const pools = new UpstreamPools();
-  const compiled: CompiledConfig = compileConfig(config.routes, env, pools);
+  const upstreams = new UpstreamRegistry(logger);
+  const firstPlan = await upstreams.prepare(config.routes.services);
+  /**
+   * The routes in force. A reload replaces the whole object in one assignment: a request sees
+   * the old config or the new one, never a mix, and one already routed keeps its route.
+   */
+  let compiled: CompiledConfig = compileConfig(config.routes, env, firstPlan.services);
+  upstreams.commit(firstPlan);
+  const swapIn = async (routes: RoutesFile): Promise<void> => {
+    const plan = await upstreams.prepare(routes.services);
+    let next: CompiledConfig;
+    try {
+      next = compileConfig(routes, env, plan.services);
+    } catch (err) {
+      upstreams.discard(plan);
+      throw err;
+    }
+    compiled = next;
+    upstreams.commit(plan);
+  };
   const verifier = await JwtVerifier.create({
     keys: [
       { secret: env.JWT_SECRET, kid: env.JWT_KID },
@@ -81,7 +106,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
   if (subscriber !== null) accessControl.listen(subscriber);
-  const metrics = env.ENABLE_METRICS ? new Metrics() : null;
+  const metrics = env.ENABLE_METRICS ? new Metrics(() => upstreams.list()) : null;
+  const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
+  if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
   const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, () => metrics?.rateLimitExceeded());
   const authFailures = new AuthFailureLimit(accessControl, env.RATE_LIMIT_PER_MINUTE, logger);
@@ -107,6 +134,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
     isShuttingDown: () => shuttingDown,
+    services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
     onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
   });
 
@@ -309,12 +337,14 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     app,
     health,
     isShuttingDown: () => shuttingDown,
+    reload: () => reloader.reload(),
     async close() {
       if (shuttingDown) return;
       shuttingDown = true;
+      reloader.close();
       await app.close();
       accessLog.flush();
-      await pools.close();
+      await Promise.all([pools.close(), upstreams.close()]);
       health.stop();
       local.close();
       redis?.disconnect();

@@ -28,6 +28,8 @@ export const ERRORS = {
   GW_INTERNAL: { status: 500, title: 'Internal Server Error' },
   GW_UPSTREAM_UNAVAILABLE: { status: 502, title: 'Bad Gateway' },
   GW_UPSTREAM_BAD_RESPONSE: { status: 502, title: 'Bad Gateway' },
+  GW_NO_HEALTHY_UPSTREAM: { status: 502, title: 'Bad Gateway' },
+  GW_UPSTREAM_OVERLOADED: { status: 503, title: 'Service Unavailable' },
   GW_SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
   GW_DEPENDENCY_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   GW_AUTH_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },

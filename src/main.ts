@@ -45,6 +45,8 @@ async function main(): Promise<void> {
         process.exit(1);
       });
   };
+  // SIGHUP reloads the routes file; the reloader logs what it did or why it refused.
+  process.on('SIGHUP', () => void gateway.reload());
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }

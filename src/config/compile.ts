@@ -1,22 +1,14 @@
-import type { Pool } from 'undici';
 import { permissionMatrix, type PermissionMatrix } from '../auth/permissions.js';
 import type { Role } from '../auth/roles.js';
 import type { Env } from './env.js';
 import type { RouteConfig, RoutesFile } from './routes-schema.js';
 import { Router } from '../pipeline/route-match.js';
-import type { UpstreamPools } from '../upstream/pools.js';
+import type { PoolSettings } from '../upstream/instance.js';
+import { poolSettings, type UpstreamService } from '../upstream/service.js';
 
 const DEFAULT_TIMEOUT_MS = 15_000;
 const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
 const MIN_BODY_IDLE_MS = 30_000;
-
-export interface CompiledService {
-  readonly name: string;
-  readonly origins: readonly string[];
-  readonly healthPath: string;
-  /** Round-robin cursor shared by every route of the service. */
-  cursor: number;
-}
 
 export interface RouteRateLimit {
   readonly perMinute: number;
@@ -36,9 +28,9 @@ export interface CompiledRoute {
   readonly methods: ReadonlySet<string> | null;
   readonly headers: ReadonlyArray<readonly [string, string]> | null;
   /** Null only on a route the gateway answers itself (action: revoke). */
-  readonly service: CompiledService | null;
-  /** One pool per service instance, in the service's order, with this route's connect timeout. */
-  readonly upstreams: readonly Pool[];
+  readonly service: UpstreamService | null;
+  /** The connect timeout and pool size of this route's connections to the service's instances. */
+  readonly pool: PoolSettings;
   readonly rewrite: (path: string, params: Record<string, string> | null) => string;
   readonly auth: 'required' | 'public';
   readonly roles: ReadonlySet<Role> | null;
@@ -58,7 +50,7 @@ export interface CompiledConfig {
   readonly router: Router;
   readonly permissions: PermissionMatrix;
   readonly routes: readonly CompiledRoute[];
-  readonly services: ReadonlyMap<string, CompiledService>;
+  readonly services: ReadonlyMap<string, UpstreamService>;
 }
 
 function compileRewrite(route: RouteConfig): CompiledRoute['rewrite'] {
@@ -92,11 +84,8 @@ function compileRateLimit(route: RouteConfig, env: Env): RouteRateLimit {
   });
 }
 
-export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools): CompiledConfig {
-  const services = new Map<string, CompiledService>();
-  for (const [name, svc] of Object.entries(file.services)) {
-    services.set(name, Object.seal({ name, origins: Object.freeze([...svc.instances]), healthPath: svc.healthPath, cursor: 0 }));
-  }
+/** Compiles a validated routes file against its services (live ones, or ones prepared for a reload). */
+export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<string, UpstreamService>): CompiledConfig {
 
   const routes = file.routes.map((route): CompiledRoute => {
     const svcConfig = route.service !== undefined ? file.services[route.service]! : null;
@@ -118,7 +107,7 @@ export function compileConfig(file: RoutesFile, env: Env, pools: UpstreamPools):
       methods,
       headers: route.headers ? Object.entries(route.headers).map(([k, v]) => [k.toLowerCase(), v] as const) : null,
       service,
-      upstreams: service === null ? [] : service.origins.map((origin) => pools.get(origin, { connectTimeoutMs, maxConnections: svcConfig!.maxConnections })),
+      pool: poolSettings(connectTimeoutMs, svcConfig?.maxConnections ?? 1),
       rewrite: compileRewrite(route),
       auth: route.auth,
       roles: route.roles ? new Set(route.roles) : null,

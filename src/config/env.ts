@@ -71,6 +71,8 @@ export const envSchema = z
       .optional(),
     REDIS_COMMAND_TIMEOUT_MS: int(5, 10_000, 'milliseconds a Redis command may hold a request').default(100),
     ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
+    /** Reload the routes file when it changes on disk (SIGHUP reloads it either way). */
+    ROUTES_WATCH: bool.default(true),
     JWT_SECRET: z
       .string({ error: 'is required: set it from your secret manager (at least 32 bytes)' })
       .refine((v) => Buffer.byteLength(v) >= 32, 'is too short: use at least 32 bytes from your secret manager'),

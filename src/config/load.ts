@@ -15,6 +15,8 @@ export interface GatewayConfig {
   env: Env;
   routes: RoutesFile;
   routesFile: string;
+  /** The environment the config came from: a reload resolves the file's ${VAR}s from it again. */
+  source: NodeJS.ProcessEnv;
 }
 
 /** `routes[2].service` from a zod issue path. */
@@ -106,5 +108,5 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
     ]);
   }
   const routes = await loadRoutesFile(env.ROUTES_FILE, source);
-  return { env, routes, routesFile: env.ROUTES_FILE };
+  return { env, routes, routesFile: env.ROUTES_FILE, source };
 }

@@ -11,6 +11,8 @@ export interface HealthReport {
   version: string;
   timestamp: string;
   dependencies: Record<string, Status>;
+  /** Each upstream service: instances in rotation out of all. */
+  services: Record<string, { status: Status; healthy: number; total: number }>;
   checks: Record<string, { status: Status; detail: string }>;
 }
 
@@ -27,6 +29,8 @@ export interface HealthDeps {
   eventLoopThresholdMs: number;
   memoryLimitBytes: number;
   isShuttingDown: () => boolean;
+  /** The upstream services and how many of their instances are in rotation. */
+  services: () => Array<{ name: string; healthy: number; total: number }>;
   /** Told when the overall status changes, with the reasons. */
   onChange?: (status: Status, checks: HealthReport['checks']) => void;
 }
@@ -116,14 +120,24 @@ export class HealthMonitor {
       ? { status: 'unhealthy', detail: 'shutting down' }
       : { status: 'healthy', detail: 'serving' };
     const dependencies = { 'auth-service': auth.status, database: database.status };
-    // A dependency outage is degraded service, never a reason to pull every replica at once.
-    const status = worst([...Object.values(dependencies).map((s): Status => (s === 'healthy' ? s : 'degraded')), memory.status, eventLoop.status, shutdown.status]);
+    const services: HealthReport['services'] = {};
+    for (const { name, healthy, total } of this.deps.services()) {
+      services[name] = { status: healthy === total ? 'healthy' : healthy === 0 ? 'unhealthy' : 'degraded', healthy, total };
+    }
+    // A dependency or service outage is degraded service, never a reason to pull every replica at once.
+    const status = worst([
+      ...[...Object.values(dependencies), ...Object.values(services).map((s) => s.status)].map((s): Status => (s === 'healthy' ? s : 'degraded')),
+      memory.status,
+      eventLoop.status,
+      shutdown.status,
+    ]);
     const report: HealthReport = {
       status,
       service: 'api-gateway',
       version: this.deps.version,
       timestamp: new Date().toISOString(),
       dependencies,
+      services,
       checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
     };
     if (status !== this.lastStatus) {

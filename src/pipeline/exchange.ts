@@ -20,7 +20,10 @@ export class Exchange {
   after: ((ex: Exchange) => void) | null = null;
   /** The upstream's status, once its response head arrived. */
   upstreamStatus = 0;
+  /** The instance that answered (or was tried last). */
   upstreamOrigin: string | null = null;
+  /** Tries at other instances after the first. */
+  retries = 0;
   /** The upstream call under way, told when the client's response closes. */
   inFlight: { clientClosed(): void } | null = null;
   /** Why the gateway itself answered, when it did: an error code from errors.ts. */

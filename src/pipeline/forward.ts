@@ -3,6 +3,8 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import type { CompiledRoute } from '../config/compile.js';
 import { writeProblem, type ErrorCode } from '../errors.js';
+import type { FailureKind, Instance } from '../upstream/instance.js';
+import type { UpstreamService } from '../upstream/service.js';
 import type { Exchange } from './exchange.js';
 import { clientResponseHeaders } from './transform.js';
 
@@ -10,11 +12,29 @@ class BodyTooLarge extends Error {
   readonly code = 'GW_BODY_TOO_LARGE';
 }
 
+/** The route's deadline passed: the answer is 504, whatever tries are left. */
 class ResponseTimeout extends Error {
   readonly code = 'UND_ERR_HEADERS_TIMEOUT';
   constructor(ms: number) {
     super(`no response headers within ${ms} ms`);
   }
+}
+
+/** One try took longer than the service's per-try timeout: another instance may answer. */
+class TryTimeout extends Error {
+  readonly code = 'UND_ERR_HEADERS_TIMEOUT';
+  constructor(ms: number) {
+    super(`no response headers within the per-try timeout of ${ms} ms`);
+  }
+}
+
+/** The instance answered with a status the service retries; its answer is dropped. */
+class RetriedStatus extends Error {
+  readonly code = 'GW_RETRIED_STATUS';
+}
+
+class ClientClosed extends Error {
+  readonly code = 'GW_CLIENT_CLOSED';
 }
 
 /** Counts a chunked upload and stops it at the route's limit; uploads with a length are checked up front. */
@@ -45,6 +65,20 @@ function upstreamErrorCode(err: Error): ErrorCode {
   return 'GW_UPSTREAM_UNAVAILABLE';
 }
 
+/** Connection-level errors before any answer: the request never reached the instance. */
+const CONNECT_ERRORS: ReadonlySet<string> = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
+
+/** Whose fault a failed try was: the instance's (counted for outlier detection, maybe retried) or not. */
+function failureKind(err: Error): FailureKind | null {
+  if (err instanceof BodyTooLarge || err instanceof ClientClosed || err instanceof ResponseTimeout) return null;
+  if (err instanceof TryTimeout) return 'timeout';
+  if (err instanceof RetriedStatus) return 'status';
+  const code = (err as NodeJS.ErrnoException).code ?? '';
+  if (CONNECT_ERRORS.has(code)) return 'connect';
+  if (code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
+  return 'reset';
+}
+
 const DETAIL: Partial<Record<ErrorCode, string>> = {
   GW_UPSTREAM_CONNECT_TIMEOUT: 'the upstream service did not accept a connection in time',
   GW_UPSTREAM_TIMEOUT: 'the upstream service did not answer in time',
@@ -52,57 +86,118 @@ const DETAIL: Partial<Record<ErrorCode, string>> = {
   GW_UPSTREAM_UNAVAILABLE: 'the upstream service is unreachable',
 };
 
+/** RFC 9110's idempotent methods: a retry cannot do what the first try did twice over. */
+const IDEMPOTENT: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+
 export type ForwardDone = (ex: Exchange, err: Error | null) => void;
 
-/**
- * Streams the upstream response straight onto the client socket, with backpressure both ways:
- * no body is ever buffered whole.
- */
-function onTimeout(handler: ProxyHandler, timeoutMs: number): void {
-  handler.timedOut(timeoutMs);
+type Body = IncomingMessage | BodyLimit | Buffer | null;
+
+function onTimeout(attempt: ProxyAttempt): void {
+  attempt.timedOut();
 }
 
-class ProxyHandler implements Dispatcher.DispatchHandler {
+/**
+ * One try at one instance. The upstream response streams straight onto the client socket, with
+ * backpressure both ways: no body is ever buffered whole. A try that fails before any byte of
+ * the answer reached the client may hand over to a new try at another instance (a retry).
+ */
+class ProxyAttempt implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null = null;
   private started = false;
-  /** The exchange has ended (answered, failed or timed out); later callbacks change nothing. */
+  /** This try has ended (answered, failed, timed out or handed over); later callbacks change nothing. */
   private settled = false;
+  /** The instance answered 5xx: counted against it once the answer is over. */
+  private failedStatus = false;
   private onDrain: (() => void) | null = null;
   private readonly timer: NodeJS.Timeout;
+  private readonly sentAt: number;
+  private perTry = false;
+  /** Where the next try goes, chosen when this one gave up on a retryable status. */
+  private next: Instance | null = null;
 
   constructor(
     private readonly ex: Exchange,
+    private readonly route: CompiledRoute,
+    private readonly service: UpstreamService,
+    private readonly inst: Instance,
+    private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
+    private readonly headers: string[],
+    private readonly body: Body,
     private readonly done: ForwardDone,
-    timeoutMs: number,
+    /** performance.now() by which the route's timeout ends the exchange. */
+    private readonly deadline: number,
+    /** Instances tried before this one; null on a first try that may never be retried. */
+    private readonly tried: Instance[] | null,
   ) {
+    const now = performance.now();
+    this.sentAt = now;
     // undici's own headersTimeout runs on a coarse timer (about 500 ms ticks) and only once the
     // request is written: a 200 ms route timeout could fire after a second, and a request queued
     // behind a busy pool would have none. The route's timeout gets a timer of its own.
     // Shared functions with arguments rather than closures: nothing extra to allocate per request.
-    this.timer = setTimeout(onTimeout, timeoutMs, this, timeoutMs);
-    // The response's one 'close' listener (app.ts) tells the exchange, which tells this handler.
+    let ms = Math.max(1, deadline - now);
+    const perTryMs = service.retry?.perTryTimeoutMs;
+    if (tried !== null && perTryMs !== undefined && perTryMs < ms) {
+      ms = perTryMs;
+      this.perTry = true;
+    }
+    this.timer = setTimeout(onTimeout, ms, this);
+    // The response's one 'close' listener (app.ts) tells the exchange, which tells this try.
     ex.inFlight = this;
+    ex.upstreamOrigin = inst.origin;
+    inst.active++;
+    inst.requests++;
+    service.active++;
   }
 
-  timedOut(timeoutMs: number): void {
-    const err = new ResponseTimeout(timeoutMs);
+  dispatch(): void {
+    const ex = this.ex;
+    const path = this.route.rewrite(ex.path, ex.params);
+    this.inst.pool(this.route.pool).dispatch(
+      {
+        path: ex.query === '' ? path : `${path}?${ex.query}`,
+        method: this.req.method!,
+        headers: this.headers,
+        body: this.body,
+        // The timer above keeps the response deadline (precise, and covering queued requests).
+        headersTimeout: 0,
+        bodyTimeout: this.route.bodyIdleTimeoutMs,
+      },
+      this,
+    );
+  }
+
+  timedOut(): void {
+    const err = this.perTry ? new TryTimeout(this.service.retry!.perTryTimeoutMs!) : new ResponseTimeout(this.route.timeoutMs);
     if (this.controller !== null) this.controller.abort(err);
     else this.fail(err);
   }
 
   clientClosed(): void {
-    if (!this.res.writableFinished) this.controller?.abort(new Error('client closed the connection'));
+    if (!this.res.writableFinished) this.controller?.abort(new ClientClosed('client closed the connection'));
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
-    if (this.settled || this.res.destroyed) controller.abort(new Error('the exchange has already ended'));
+    if (this.settled || this.res.destroyed) controller.abort(new ClientClosed('the exchange has already ended'));
   }
 
-  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
     if (statusCode < 200 || this.settled) return;
     clearTimeout(this.timer);
+    this.inst.recordLatency((performance.now() - this.sentAt) / 1000);
+    if (statusCode >= 500) {
+      this.failedStatus = true;
+      if (this.service.retryStatuses.has(statusCode)) {
+        this.next = this.retryTarget();
+        if (this.next !== null) {
+          controller.abort(new RetriedStatus(`the instance answered ${statusCode}`));
+          return;
+        }
+      }
+    }
     this.started = true;
     this.ex.upstreamStatus = statusCode;
     this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex));
@@ -118,7 +213,7 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     if (this.settled) return;
-    this.settled = true;
+    this.settle(this.failedStatus ? 'status' : 'ok');
     this.res.end();
     this.done(this.ex, null);
   }
@@ -127,21 +222,61 @@ class ProxyHandler implements Dispatcher.DispatchHandler {
     this.fail(err);
   }
 
-  private fail(err: Error): void {
-    if (this.settled) return;
+  /** Ends this try: `ok` and failures count for outlier detection, `neutral` (not the instance's doing) for nothing. */
+  private settle(outcome: FailureKind | 'ok' | 'neutral'): void {
     this.settled = true;
     clearTimeout(this.timer);
+    this.inst.active--;
+    this.service.active--;
+    if (outcome === 'ok') this.service.succeeded(this.inst);
+    else if (outcome !== 'neutral') this.service.failed(this.inst, outcome, performance.now());
+  }
+
+  private fail(err: Error): void {
+    if (this.settled) return;
+    const kind = failureKind(err);
+    this.settle(kind ?? 'neutral');
     if (this.started || this.res.destroyed) {
       // Part of the answer is on its way: the only honest signal left is a broken connection.
       this.res.destroy();
-    } else {
-      const code = upstreamErrorCode(err);
-      this.ex.errorCode = code;
-      writeProblem(this.res, code, this.ex.id, code === 'GW_BODY_TOO_LARGE' ? err.message : DETAIL[code]!, {
-        ...(code === 'GW_BODY_TOO_LARGE' ? { connection: 'close' } : undefined),
-      });
+      this.done(this.ex, err);
+      return;
     }
+    const next = err instanceof RetriedStatus ? this.next : kind !== null ? this.retryTarget() : null;
+    if (next !== null) {
+      this.ex.retries++;
+      const tried = this.tried!;
+      tried.push(this.inst);
+      new ProxyAttempt(this.ex, this.route, this.service, next, this.req, this.res, this.headers, this.body, this.done, this.deadline, tried).dispatch();
+      return;
+    }
+    const code = upstreamErrorCode(err);
+    this.ex.errorCode = code;
+    writeProblem(this.res, code, this.ex.id, code === 'GW_BODY_TOO_LARGE' ? err.message : DETAIL[code]!, {
+      ...(code === 'GW_BODY_TOO_LARGE' ? { connection: 'close' } : undefined),
+    });
     this.done(this.ex, err);
+  }
+
+  /**
+   * The instance for a retry, if one is allowed: a replayable request, tries left, time left
+   * before the route's deadline, an instance not tried yet, and room in the retry budget.
+   */
+  private retryTarget(): Instance | null {
+    const policy = this.service.retry;
+    if (this.tried === null || policy === null || this.tried.length >= policy.retries || this.res.destroyed) return null;
+    const now = performance.now();
+    if (now >= this.deadline) return null;
+    this.tried.push(this.inst);
+    const next = this.service.pick(hashKey(this.service, this.ex, this.req), now, this.tried);
+    this.tried.pop();
+    if (next === null) return null;
+    if (!this.service.budget.tryRetry(now)) {
+      this.service.retriesRefused++;
+      return null;
+    }
+    this.service.retries++;
+    return next;
   }
 }
 
@@ -150,9 +285,18 @@ function hasBody(headers: IncomingMessage['headers']): boolean {
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }
 
+function hashKey(service: UpstreamService, ex: Exchange, req: IncomingMessage): string | undefined {
+  const on = service.hashOn;
+  if (on === null) return undefined;
+  if (on === 'user') return ex.identity?.userId;
+  const value = req.headers[on];
+  return typeof value === 'string' ? value : undefined;
+}
+
 /**
- * Sends the request to one instance of the route's service, unless its declared body is over
- * the route's limit: then the gateway answers 413 itself.
+ * Sends the request to an instance of the route's service, unless its declared body is over
+ * the route's limit (413), the service's circuit breaker is open (503) or no instance is in
+ * rotation (502): then the gateway answers itself.
  */
 export function forward(
   ex: Exchange,
@@ -164,7 +308,7 @@ export function forward(
   /** A body the gateway has already read (auth flows); otherwise the client's is streamed. */
   readBody: Buffer | null,
 ): void {
-  let body: IncomingMessage | BodyLimit | Buffer | null = readBody;
+  let body: Body = readBody;
   if (body === null && hasBody(req.headers)) {
     const length = req.headers['content-length'];
     if (length !== undefined && Number(length) > route.maxBodyBytes) {
@@ -176,21 +320,22 @@ export function forward(
   }
 
   const service = route.service!;
-  const index = service.origins.length === 1 ? 0 : service.cursor++ % service.origins.length;
-  if (service.cursor > 1e9) service.cursor = 0;
-  ex.upstreamOrigin = service.origins[index]!;
-  const path = route.rewrite(ex.path, ex.params);
-
-  route.upstreams[index]!.dispatch(
-    {
-      path: ex.query === '' ? path : `${path}?${ex.query}`,
-      method: req.method!,
-      headers,
-      body,
-      // ProxyHandler keeps the response timeout itself (precise, and covering queued requests).
-      headersTimeout: 0,
-      bodyTimeout: route.bodyIdleTimeoutMs,
-    },
-    new ProxyHandler(ex, res, done, route.timeoutMs),
-  );
+  if (service.active >= service.maxActive) {
+    service.overflows++;
+    ex.errorCode = 'GW_UPSTREAM_OVERLOADED';
+    writeProblem(res, 'GW_UPSTREAM_OVERLOADED', ex.id, `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' });
+    return;
+  }
+  const now = performance.now();
+  const inst = service.pick(hashKey(service, ex, req), now, null);
+  if (inst === null) {
+    service.unavailable++;
+    ex.errorCode = 'GW_NO_HEALTHY_UPSTREAM';
+    writeProblem(res, 'GW_NO_HEALTHY_UPSTREAM', ex.id, `no instance of the ${service.name} service is healthy`, { 'retry-after': String(service.retryAfterSeconds(now)) });
+    return;
+  }
+  // Only a request whose body the gateway holds (or that has none) can be sent twice.
+  const replayable = service.retry !== null && service.instances.length > 1 && (body === null || Buffer.isBuffer(body)) && IDEMPOTENT.has(req.method!);
+  if (service.retry !== null) service.budget.request(now);
+  new ProxyAttempt(ex, route, service, inst, req, res, headers, body, done, now + route.timeoutMs, replayable ? [] : null).dispatch();
 }

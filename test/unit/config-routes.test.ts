@@ -32,7 +32,7 @@ describe('parseRoutesFile: an invalid file is refused with the field that is wro
     ['an unknown method', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, methods: [GET, FETCH] }\n`, /^routes\[0\]\.methods\[1\]: methods are GET/],
     ['an unknown auth mode', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, auth: optional }\n`, /^routes\[0\]\.auth: auth is "required" or "public"/],
     ['a rewrite using a parameter the pattern lacks', `${SERVICES}routes:\n  - { name: a, pattern: /p/:patientId, rewrite: /r/:recordId, service: backend }\n`, 'routes[0].rewrite: uses :recordId, which the pattern does not capture'],
-    ['a service without instances', 'services:\n  backend:\n    healthPath: /health\nroutes:\n  - { name: a, path: /a, service: backend }\n', 'services.backend.instances: is required'],
+    ['a service without instances', 'services:\n  backend:\n    healthPath: /health\nroutes:\n  - { name: a, path: /a, service: backend }\n', 'services.backend.instances: a service lists its instances or names a discovery host, exactly one of the two'],
     ['a service with an empty instance list', 'services:\n  backend:\n    instances: []\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances: .*at least one/],
     ['an instance URL with a path', 'services:\n  backend:\n    instances: ["http://ok:1", "http://backend:8000/api"]\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances\[1\]: instances are origins/],
     ['an instance URL with credentials', 'services:\n  backend:\n    instances: ["http://user:pw@backend:8000"]\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances\[0\]: instances are origins/],

@@ -1,19 +1,18 @@
 import assert from 'node:assert/strict';
 import type { IncomingHttpHeaders } from 'node:http';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { compileConfig } from '../../src/config/compile.js';
 import { parseEnv, type Env } from '../../src/config/env.js';
 import { routesFileSchema } from '../../src/config/routes-schema.js';
 import { prefixMatches, type RouteMatch, type Router } from '../../src/pipeline/route-match.js';
-import { UpstreamPools } from '../../src/upstream/pools.js';
+
+import { createLoggers } from '../../src/observability/logger.js';
+import { UpstreamService } from '../../src/upstream/service.js';
 import { TEST_SECRET } from '../helpers/tokens.js';
 
 const parsed = parseEnv({ JWT_SECRET: TEST_SECRET });
 if ('errors' in parsed) throw new Error(parsed.errors.join('; '));
 const env: Env = parsed.env;
-
-const pools = new UpstreamPools();
-after(() => pools.close());
 
 /** A router built the way the gateway builds it, from routes as they would be written in the file. */
 function routerFor(routes: Array<Record<string, unknown>>): Router {
@@ -21,7 +20,8 @@ function routerFor(routes: Array<Record<string, unknown>>): Router {
     services: { backend: { instances: ['http://backend.internal:8000'] } },
     routes: routes.map((r) => ({ service: 'backend', ...r })),
   });
-  return compileConfig(file, env, pools).router;
+  const backend = new UpstreamService('backend', createLoggers('ERROR').log);
+  return compileConfig(file, env, new Map([['backend', backend]])).router;
 }
 
 function found(m: RouteMatch): string {

@@ -1,0 +1,256 @@
+import type { ServiceConfig } from '../config/routes-schema.js';
+import type { Logger } from '../observability/logger.js';
+import { Instance, mix, type FailureKind, type PoolSettings } from './instance.js';
+import { RetryBudget } from './retry-budget.js';
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
+
+export interface InstanceSpec {
+  origin: string;
+  weight: number;
+}
+
+export type HealthCheckPolicy = Exclude<ServiceConfig['healthCheck'], false>;
+export type OutlierPolicy = Exclude<ServiceConfig['outlierDetection'], false>;
+export type RetryPolicy = Exclude<ServiceConfig['retry'], false>;
+
+/** The instances a config lists, as origins and weights. */
+export function listedInstances(config: ServiceConfig): InstanceSpec[] {
+  return (config.instances ?? []).map((i) => (typeof i === 'string' ? { origin: new URL(i).origin, weight: 1 } : { origin: new URL(i.url).origin, weight: i.weight }));
+}
+
+/**
+ * A service behind the gateway: its instances, how requests are spread over them, which of them
+ * are in rotation, the circuit breaker and the retry budget. The object outlives config reloads
+ * (a reload re-configures it in place), so health state, balancer position and counters carry on.
+ */
+export class UpstreamService {
+  /** Replaced as a whole when membership changes, never edited in place: a pick sees one list. */
+  instances: readonly Instance[] = [];
+  /** Upstream requests in flight or queued, across the instances: the circuit breaker's count. */
+  active = 0;
+  maxActive = 0;
+  balancer: ServiceConfig['balancer'] = 'round-robin';
+  /** `user`, a lower-case header name, or null. */
+  hashOn: string | null = null;
+  healthPath = '/health';
+  healthCheck: HealthCheckPolicy | null = null;
+  outlier: OutlierPolicy | null = null;
+  retry: RetryPolicy | null = null;
+  retryStatuses: ReadonlySet<number> = new Set();
+  /** The pools of routes that keep the service's connect timeout. */
+  poolSettings: PoolSettings = { connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, maxConnections: 256, key: '' };
+  readonly budget = new RetryBudget(0.2, 3);
+  // Counters, read by /metrics.
+  retries = 0;
+  retriesRefused = 0;
+  overflows = 0;
+  unavailable = 0;
+  private cursor = 0;
+  private weighted = false;
+
+  constructor(
+    readonly name: string,
+    private readonly logger: Logger,
+  ) {}
+
+  configure(config: ServiceConfig): void {
+    this.maxActive = config.maxConcurrentRequests;
+    this.balancer = config.balancer;
+    this.hashOn = config.hashOn === undefined ? null : config.hashOn === 'user' ? 'user' : config.hashOn.header.toLowerCase();
+    this.healthPath = config.healthPath;
+    this.healthCheck = config.healthCheck === false ? null : config.healthCheck;
+    // Without checks no verdict could ever bring an instance back.
+    if (this.healthCheck === null) for (const inst of this.instances) inst.healthy = true;
+    this.outlier = config.outlierDetection === false ? null : config.outlierDetection;
+    this.retry = config.retry === false || config.retry.retries === 0 ? null : config.retry;
+    this.retryStatuses = new Set(this.retry?.onStatuses ?? []);
+    if (this.retry !== null) this.budget.configure(this.retry.budgetPercent / 100, this.retry.minRetriesPerSecond);
+    this.poolSettings = poolSettings(config.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS, config.maxConnections);
+    if (config.instances !== undefined) this.setInstances(listedInstances(config));
+  }
+
+  /**
+   * Takes a new membership: instances already known keep their object (pools, health,
+   * counters); new ones start in rotation; removed ones finish their requests and close.
+   */
+  setInstances(specs: readonly InstanceSpec[]): { added: string[]; removed: string[] } {
+    const known = new Map(this.instances.map((i) => [i.origin, i]));
+    const next: Instance[] = [];
+    const added: string[] = [];
+    for (const spec of specs) {
+      if (next.some((i) => i.origin === spec.origin)) continue;
+      let inst = known.get(spec.origin);
+      if (inst === undefined) {
+        inst = new Instance(spec.origin, spec.weight);
+        added.push(spec.origin);
+      } else {
+        known.delete(spec.origin);
+        inst.weight = spec.weight;
+      }
+      next.push(inst);
+    }
+    this.instances = Object.freeze(next);
+    this.weighted = next.some((i) => i.weight !== 1);
+    for (const gone of known.values()) void gone.close();
+    return { added, removed: [...known.keys()] };
+  }
+
+  /**
+   * An instance for the next try, or null when none is in rotation (or untried, on a retry).
+   * `key` is the affinity key of consistent hashing; `tried` the instances already tried.
+   */
+  pick(key: string | undefined, now: number, tried: readonly Instance[] | null): Instance | null {
+    const list = this.instances;
+    if (list.length === 1) {
+      const only = list[0]!;
+      return only.unavailable(now) || (tried !== null && tried.includes(only)) ? null : only;
+    }
+    if (list.length === 0) return null;
+    if (this.balancer === 'least-request') return this.leastRequest(list, now, tried);
+    if (this.balancer === 'consistent-hash' && key !== undefined && key !== '') return this.rendezvous(list, key, now, tried);
+    return this.weighted ? this.smoothWeighted(list, now, tried) : this.roundRobin(list, now, tried);
+  }
+
+  private roundRobin(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
+    const n = list.length;
+    for (let k = 0; k < n; k++) {
+      const index = (this.cursor + k) % n;
+      const inst = list[index]!;
+      if (eligible(inst, now, tried)) {
+        this.cursor = (index + 1) % n;
+        return inst;
+      }
+    }
+    return null;
+  }
+
+  /** nginx's smooth weighted round robin: weights honoured without bursts to one instance. */
+  private smoothWeighted(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
+    let best: Instance | null = null;
+    let total = 0;
+    for (const inst of list) {
+      if (!eligible(inst, now, tried)) continue;
+      inst.currentWeight += inst.weight;
+      total += inst.weight;
+      if (best === null || inst.currentWeight > best.currentWeight) best = inst;
+    }
+    if (best !== null) best.currentWeight -= total;
+    return best;
+  }
+
+  /** Power of two random choices: the one with fewer requests in flight (per unit of weight). */
+  private leastRequest(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
+    const a = randomEligible(list, now, tried, null);
+    if (a === null) return null;
+    const b = randomEligible(list, now, tried, a);
+    if (b === null) return a;
+    return a.active * b.weight <= b.active * a.weight ? a : b;
+  }
+
+  /** Rendezvous hashing: a key keeps its instance while that instance is in rotation; only its keys move when it leaves. */
+  private rendezvous(list: readonly Instance[], key: string, now: number, tried: readonly Instance[] | null): Instance | null {
+    let keyHash = 0x811c9dc5;
+    for (let i = 0; i < key.length; i++) keyHash = Math.imul(keyHash ^ key.charCodeAt(i), 0x01000193);
+    let best: Instance | null = null;
+    let bestScore = -Infinity;
+    for (const inst of list) {
+      if (!eligible(inst, now, tried)) continue;
+      const u = (mix(keyHash ^ inst.hash) + 1) / 4_294_967_297;
+      const score = inst.weight / -Math.log(u);
+      if (score > bestScore) {
+        bestScore = score;
+        best = inst;
+      }
+    }
+    return best;
+  }
+
+  /** A try at `inst` ended well (any answer that is not a failure). */
+  succeeded(inst: Instance): void {
+    inst.consecutiveFailures = 0;
+  }
+
+  /** A try at `inst` failed: count it, and eject the instance after enough in a row. */
+  failed(inst: Instance, kind: FailureKind, now: number): void {
+    inst.failures[kind]++;
+    const policy = this.outlier;
+    if (policy === null || ++inst.consecutiveFailures < policy.consecutiveFailures || inst.ejectedUntil > now) return;
+    const list = this.instances;
+    let out = 0;
+    for (const other of list) if (other !== inst && other.unavailable(now)) out++;
+    // The panic threshold: a detector gone wrong must not take the whole service out.
+    if ((out + 1) * 100 > policy.maxEjectedPercent * list.length) return;
+    // A long quiet spell since the last ejection starts the back-off over.
+    if (inst.ejectedUntil !== 0 && now - inst.ejectedUntil > policy.maxEjectionMs) inst.ejections = 0;
+    inst.ejections++;
+    const ms = Math.min(policy.baseEjectionMs * inst.ejections, policy.maxEjectionMs);
+    inst.ejectedUntil = now + ms;
+    inst.consecutiveFailures = 0;
+    inst.failedCheckSinceEjection = false;
+    this.logger.warn({ service: this.name, instance: inst.origin, failures: policy.consecutiveFailures, last_failure: kind, ejected_ms: ms }, 'upstream instance ejected');
+  }
+
+  /** The result of one active health check of `inst`. */
+  checked(inst: Instance, passed: boolean, now: number, detail: string): void {
+    const policy = this.healthCheck;
+    if (policy === null) return;
+    if (!passed) inst.failedCheckSinceEjection = true;
+    else if (inst.ejectedUntil > now && inst.failedCheckSinceEjection) {
+      // It failed its checks while ejected and passes now: it was down and is back.
+      inst.ejectedUntil = 0;
+      inst.consecutiveFailures = 0;
+      this.logger.info({ service: this.name, instance: inst.origin }, 'upstream instance passes its health check again; ejection ended');
+    }
+    if (passed === inst.healthy) {
+      inst.checkStreak = 0;
+      return;
+    }
+    if (++inst.checkStreak < (passed ? policy.healthyThreshold : policy.unhealthyThreshold)) return;
+    inst.checkStreak = 0;
+    inst.healthy = passed;
+    if (passed) inst.consecutiveFailures = 0;
+    this.logger[passed ? 'info' : 'warn']({ service: this.name, instance: inst.origin, detail }, passed ? 'upstream instance healthy' : 'upstream instance unhealthy');
+  }
+
+  /** Instances in rotation now, and in all. */
+  counts(now: number): { healthy: number; total: number } {
+    let healthy = 0;
+    for (const inst of this.instances) if (!inst.unavailable(now)) healthy++;
+    return { healthy, total: this.instances.length };
+  }
+
+  /** Seconds until an instance may be back in rotation: the soonest ejection end, or one health interval. */
+  retryAfterSeconds(now: number): number {
+    let soonest = Infinity;
+    for (const inst of this.instances) if (inst.healthy && inst.ejectedUntil > now) soonest = Math.min(soonest, inst.ejectedUntil - now);
+    const ms = Math.min(soonest, this.healthCheck?.intervalMs ?? 1_000);
+    return Math.max(1, Math.ceil(ms / 1000));
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.instances.map((i) => i.close()));
+  }
+
+  async destroy(): Promise<void> {
+    await Promise.allSettled(this.instances.map((i) => i.destroy()));
+  }
+}
+
+export function poolSettings(connectTimeoutMs: number, maxConnections: number): PoolSettings {
+  return Object.freeze({ connectTimeoutMs, maxConnections, key: `${connectTimeoutMs} ${maxConnections}` });
+}
+
+function eligible(inst: Instance, now: number, tried: readonly Instance[] | null): boolean {
+  return !inst.unavailable(now) && (tried === null || !tried.includes(inst));
+}
+
+function randomEligible(list: readonly Instance[], now: number, tried: readonly Instance[] | null, not: Instance | null): Instance | null {
+  const n = list.length;
+  const start = Math.floor(Math.random() * n);
+  for (let k = 0; k < n; k++) {
+    const inst = list[(start + k) % n]!;
+    if (inst !== not && eligible(inst, now, tried)) return inst;
+  }
+  return null;
+}
