@@ -335,7 +335,8 @@ export function forward(
     return;
   }
   // Only a request whose body the gateway holds (or that has none) can be sent twice.
-  const replayable = service.retry !== null && service.instances.length > 1 && (body === null || Buffer.isBuffer(body)) && IDEMPOTENT.has(req.method!);
-  if (service.retry !== null) service.budget.request(now);
+  const canRetry = service.retry !== null && service.instances.length > 1;
+  const replayable = canRetry && (body === null || Buffer.isBuffer(body)) && IDEMPOTENT.has(req.method!);
+  if (canRetry) service.budget.request(now);
   new ProxyAttempt(ex, route, service, inst, req, res, headers, body, done, now + route.timeoutMs, replayable ? [] : null).dispatch();
 }
