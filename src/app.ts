@@ -24,6 +24,7 @@ import { forward } from './pipeline/forward.js';
 import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
 import { AccessCheck } from './pipeline/access-check.js';
+import { applyCors, preflight, PREFLIGHT_VARY } from './pipeline/cors.js';
 import { AuthFailureLimit } from './pipeline/auth-failure-limit.js';
 import { AuthFlows } from './pipeline/auth-flows.js';
 import { requestIdFrom } from './pipeline/request-id.js';
@@ -73,6 +74,10 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     } catch (err) {
       upstreams.discard(plan);
       throw err;
+    }
+    if (shuttingDown) {
+      upstreams.discard(plan);
+      throw new Error('the gateway is shutting down');
     }
     compiled = next;
     upstreams.commit(plan);
@@ -270,7 +275,14 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     ex.path = path;
     ex.query = q === -1 ? '' : url.slice(q + 1);
 
-    const match = compiled.router.match(req.method!, path, req.headers);
+    const origin = req.headers.origin;
+    // A preflight is the gateway's to answer: no token (browsers send none), never forwarded.
+    if (origin !== undefined && req.method === 'OPTIONS' && req.headers['access-control-request-method'] !== undefined) {
+      return answerPreflight(ex, req, res, path, origin);
+    }
+    const config = compiled;
+    const match = config.router.match(req.method!, path, req.headers);
+    if (origin !== undefined) applyCors(res, match.kind === 'found' ? match.route.cors : config.cors, origin);
     if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path');
     if (match.kind === 'method-not-allowed') {
       return answer(res, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
@@ -281,6 +293,18 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const verdict = authenticate(ex, req.headers.authorization, verifier, authFailures);
     if (verdict instanceof Promise) verdict.then((v) => authorizeAndLimit(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
     else authorizeAndLimit(ex, req, res, verdict);
+  };
+
+  const answerPreflight = (ex: Exchange, req: IncomingMessage, res: ServerResponse, path: string, origin: string): void => {
+    const method = String(req.headers['access-control-request-method']).trim().toUpperCase();
+    const match = compiled.router.match(method, path, req.headers);
+    if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path', { vary: PREFLIGHT_VARY });
+    ex.route = match.kind === 'found' ? match.route : null;
+    const verdict =
+      match.kind === 'method-not-allowed' ? { ok: false as const, detail: `this route accepts ${match.allow}` } : preflight(match.route.cors, origin, method, req.headers);
+    if (!verdict.ok) return answer(res, ex, 'GW_CORS_REJECTED', `preflight refused: ${verdict.detail}`, { vary: PREFLIGHT_VARY });
+    res.writeHead(204, { ...verdict.headers, 'x-request-id': ex.id, 'content-length': '0' });
+    res.end();
   };
 
   const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {

@@ -19,6 +19,7 @@ export const ERRORS = {
   GW_AUTH_SESSION_INVALID: { status: 401, title: 'Unauthorized' },
   GW_FORBIDDEN: { status: 403, title: 'Forbidden' },
   GW_BREAK_GLASS_REASON_REQUIRED: { status: 403, title: 'Forbidden' },
+  GW_CORS_REJECTED: { status: 403, title: 'Forbidden' },
   GW_ROUTE_NOT_FOUND: { status: 404, title: 'Not Found' },
   GW_METHOD_NOT_ALLOWED: { status: 405, title: 'Method Not Allowed' },
   GW_REQUEST_TIMEOUT: { status: 408, title: 'Request Timeout' },

@@ -1,8 +1,10 @@
 import { permissionMatrix, type PermissionMatrix } from '../auth/permissions.js';
 import type { Role } from '../auth/roles.js';
 import type { Env } from './env.js';
+import { ConfigError } from './load.js';
 import type { RouteConfig, RoutesFile } from './routes-schema.js';
 import { Router } from '../pipeline/route-match.js';
+import { compileCors, DEFAULT_ALLOW_HEADERS, DEFAULT_EXPOSE_HEADERS, type CorsPolicy, type CorsSettings } from '../pipeline/cors.js';
 import type { PoolSettings } from '../upstream/instance.js';
 import { poolSettings, type UpstreamService } from '../upstream/service.js';
 
@@ -44,6 +46,8 @@ export interface CompiledRoute {
   readonly rateLimit: RouteRateLimit;
   readonly phi: boolean;
   readonly preserveHost: boolean;
+  /** Null: the route takes no cross-origin requests (`cors: false`). */
+  readonly cors: CorsPolicy | null;
 }
 
 export interface CompiledConfig {
@@ -51,6 +55,8 @@ export interface CompiledConfig {
   readonly permissions: PermissionMatrix;
   readonly routes: readonly CompiledRoute[];
   readonly services: ReadonlyMap<string, UpstreamService>;
+  /** The CORS_* policy, for answers to paths no route matches. */
+  readonly cors: CorsPolicy;
 }
 
 function compileRewrite(route: RouteConfig): CompiledRoute['rewrite'] {
@@ -86,6 +92,14 @@ function compileRateLimit(route: RouteConfig, env: Env): RouteRateLimit {
 
 /** Compiles a validated routes file against its services (live ones, or ones prepared for a reload). */
 export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<string, UpstreamService>): CompiledConfig {
+  const corsDefaults: CorsSettings = {
+    origins: env.CORS_ALLOWED_ORIGINS,
+    credentials: env.CORS_ALLOW_CREDENTIALS,
+    maxAgeSeconds: env.CORS_MAX_AGE_SECONDS,
+    allowHeaders: DEFAULT_ALLOW_HEADERS,
+    exposeHeaders: DEFAULT_EXPOSE_HEADERS,
+  };
+  const globalCors = compileCors(corsDefaults);
 
   const routes = file.routes.map((route): CompiledRoute => {
     const svcConfig = route.service !== undefined ? file.services[route.service]! : null;
@@ -121,8 +135,23 @@ export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<
       rateLimit: compileRateLimit(route, env),
       phi: route.phi,
       preserveHost: route.preserveHost,
+      cors: route.cors === false ? null : route.cors === undefined ? globalCors : compileRouteCors(corsDefaults, route.cors),
     });
   });
 
-  return Object.freeze({ router: new Router(routes), permissions: permissionMatrix(file.permissions), routes: Object.freeze(routes), services });
+  return Object.freeze({ router: new Router(routes), permissions: permissionMatrix(file.permissions), routes: Object.freeze(routes), services, cors: globalCors });
+}
+
+function compileRouteCors(defaults: CorsSettings, own: Exclude<RouteConfig['cors'], false | undefined>): CorsPolicy {
+  const settings: CorsSettings = {
+    origins: own.origins ?? defaults.origins,
+    credentials: own.credentials ?? defaults.credentials,
+    maxAgeSeconds: own.maxAgeSeconds ?? defaults.maxAgeSeconds,
+    allowHeaders: own.allowHeaders ?? defaults.allowHeaders,
+    exposeHeaders: own.exposeHeaders ?? defaults.exposeHeaders,
+  };
+  if (settings.credentials && settings.origins.includes('*')) {
+    throw new ConfigError([`routes: a route's cors sets credentials while its origins are * (from CORS_ALLOWED_ORIGINS): list the origins`]);
+  }
+  return compileCors(settings);
 }

@@ -99,6 +99,9 @@ export const envSchema = z
     LOGIN_FAILURE_WINDOW_SECONDS: int(1, 86_400, 'seconds over which failed logins are counted').default(900),
     RATE_LIMIT_PER_MINUTE: int(1, 1_000_000, 'requests per minute per user').default(100),
     CORS_ALLOWED_ORIGINS: origins.default(['*']),
+    /** Access-Control-Allow-Credentials (cookies, client certificates): never with `*`. */
+    CORS_ALLOW_CREDENTIALS: bool.default(false),
+    CORS_MAX_AGE_SECONDS: int(0, 86_400, 'seconds a browser may cache a preflight answer').default(600),
     LOG_LEVEL: z
       .string()
       .trim()
@@ -127,6 +130,13 @@ export const envSchema = z
         code: 'custom',
         path: ['JWT_PREVIOUS_SECRET_EXPIRES_AT'],
         message: 'is required with JWT_PREVIOUS_SECRET: the end of the rotation overlap, such as 2026-12-01T00:00:00Z',
+      });
+    }
+    if (env.CORS_ALLOW_CREDENTIALS && env.CORS_ALLOWED_ORIGINS.includes('*')) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['CORS_ALLOW_CREDENTIALS'],
+        message: 'cannot be true while CORS_ALLOWED_ORIGINS is *: list the origins that may send credentials',
       });
     }
     if (Boolean(env.TLS_CERT_FILE) !== Boolean(env.TLS_KEY_FILE)) {

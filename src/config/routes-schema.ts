@@ -122,6 +122,23 @@ export const serviceSchema = z
     }
   });
 
+const corsOrigin = z.string().refine((o) => o === '*' || /^https?:\/\/[^/\s]+$/.test(o), 'origins are * or scheme and host such as https://app.healthcare.com (no path)');
+const headerName = z.string().regex(/^[A-Za-z0-9-]+$/, 'header names are letters, digits and -');
+
+/** A route's own CORS policy; each field left out comes from the CORS_* variables. `false`: no cross-origin use. */
+const routeCorsSchema = z.union([
+  z.literal(false),
+  z
+    .strictObject({
+      origins: z.array(corsOrigin).min(1).optional(),
+      credentials: z.boolean().optional(),
+      maxAgeSeconds: z.number().int().min(0).max(86_400).optional(),
+      allowHeaders: z.array(headerName).optional(),
+      exposeHeaders: z.array(headerName).optional(),
+    })
+    .refine((c) => !(c.credentials === true && c.origins?.includes('*')), { message: 'credentials cannot be combined with the origin *', path: ['credentials'] }),
+]);
+
 export const routeSchema = z
   .strictObject({
     name: z
@@ -166,6 +183,7 @@ export const routeSchema = z
       })
       .optional(),
     phi: z.boolean().default(false),
+    cors: routeCorsSchema.optional(),
     preserveHost: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {

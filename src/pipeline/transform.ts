@@ -103,13 +103,22 @@ const RESPONSE_OWNED: ReadonlySet<string> = new Set(['x-request-id', 'ratelimit'
 export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange): string[] {
   const out: string[] = [];
   const named = connectionTokens(headers.connection);
+  const varyOrigin = ex.route!.cors?.varyOrigin === true;
+  let vary: string | null = null;
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || BANNERS.has(name) || RESPONSE_OWNED.has(name)) continue;
     if (named !== null && named.has(name)) continue;
+    // CORS is the gateway's policy: an upstream's own Access-Control-* answer could widen it.
+    if (name.charCodeAt(0) === 97 && name.startsWith('access-control-')) continue;
+    if (varyOrigin && name === 'vary') {
+      vary = Array.isArray(value) ? value.join(', ') : value;
+      continue;
+    }
     if (typeof value === 'string') out.push(name, value);
     else for (const v of value) out.push(name, v);
   }
+  if (varyOrigin) out.push('vary', vary === null || vary.trim() === '' ? 'Origin' : vary.trim() === '*' ? '*' : `${vary}, Origin`);
   out.push('x-request-id', ex.id);
   const limit = ex.rateLimit;
   if (limit !== null) {

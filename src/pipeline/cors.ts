@@ -1,0 +1,92 @@
+import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+
+/** Request headers a browser may send cross-origin unless a route says otherwise. */
+export const DEFAULT_ALLOW_HEADERS = ['authorization', 'content-type', 'x-request-id', 'x-break-glass-reason'];
+/** Response headers a page's script may read: the request id and the rate-limit state. */
+export const DEFAULT_EXPOSE_HEADERS = ['x-request-id', 'ratelimit', 'ratelimit-policy', 'retry-after', 'www-authenticate'];
+
+export interface CorsSettings {
+  /** Exact origins (`https://app.healthcare.com`), or `*` for any. */
+  origins: readonly string[];
+  credentials: boolean;
+  maxAgeSeconds: number;
+  allowHeaders: readonly string[];
+  exposeHeaders: readonly string[];
+}
+
+/** A route's CORS policy, compiled once: the hot path does set lookups and pushes made strings. */
+export interface CorsPolicy {
+  readonly anyOrigin: boolean;
+  readonly origins: ReadonlySet<string>;
+  readonly credentials: boolean;
+  readonly maxAge: string;
+  readonly allowHeaders: ReadonlySet<string>;
+  readonly exposeHeaders: string;
+  /** Answers depend on Origin (a list, or credentials echoing it): caches must keep them apart. */
+  readonly varyOrigin: boolean;
+}
+
+export function compileCors(settings: CorsSettings): CorsPolicy {
+  const anyOrigin = settings.origins.includes('*');
+  return Object.freeze({
+    anyOrigin,
+    origins: new Set(settings.origins.filter((o) => o !== '*').map((o) => o.toLowerCase())),
+    credentials: settings.credentials,
+    maxAge: String(settings.maxAgeSeconds),
+    allowHeaders: new Set(settings.allowHeaders.map((h) => h.toLowerCase())),
+    exposeHeaders: settings.exposeHeaders.map((h) => h.toLowerCase()).join(', '),
+    varyOrigin: !anyOrigin || settings.credentials,
+  });
+}
+
+function allowed(policy: CorsPolicy, origin: string): boolean {
+  // `null` is the origin of sandboxed frames and local files: never trusted, even with `*`.
+  if (origin === 'null') return false;
+  return policy.anyOrigin || policy.origins.has(origin.toLowerCase());
+}
+
+/** `*` only when the answer is the same for every origin; credentials always need the origin echoed. */
+function allowOriginValue(policy: CorsPolicy, origin: string): string {
+  return policy.anyOrigin && !policy.credentials ? '*' : origin;
+}
+
+/**
+ * Sets the CORS headers of an actual (non-preflight) cross-origin request on the response, so
+ * that the gateway's own error answers carry them as well as proxied ones. A disallowed origin
+ * gets none: the browser then keeps the answer from the page.
+ */
+export function applyCors(res: ServerResponse, policy: CorsPolicy | null, origin: string): void {
+  if (policy === null) return;
+  if (policy.varyOrigin) res.setHeader('vary', 'Origin');
+  if (!allowed(policy, origin)) return;
+  res.setHeader('access-control-allow-origin', allowOriginValue(policy, origin));
+  if (policy.credentials) res.setHeader('access-control-allow-credentials', 'true');
+  if (policy.exposeHeaders !== '') res.setHeader('access-control-expose-headers', policy.exposeHeaders);
+}
+
+export type PreflightVerdict = { ok: true; headers: Record<string, string> } | { ok: false; detail: string };
+
+export const PREFLIGHT_VARY = 'Origin, Access-Control-Request-Method, Access-Control-Request-Headers';
+
+/** The answer to a preflight (OPTIONS with Origin and Access-Control-Request-Method) for a route. */
+export function preflight(policy: CorsPolicy | null, origin: string, method: string, headers: IncomingHttpHeaders): PreflightVerdict {
+  if (policy === null) return { ok: false, detail: 'this route does not accept cross-origin requests' };
+  if (!allowed(policy, origin)) return { ok: false, detail: 'this origin may not call this route' };
+  const requested = headers['access-control-request-headers'];
+  let allowHeaders = '';
+  if (requested !== undefined && requested.trim() !== '') {
+    const names = requested.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
+    const refused = names.find((h) => !policy.allowHeaders.has(h));
+    if (refused !== undefined) return { ok: false, detail: `the header ${refused.slice(0, 64)} may not be sent cross-origin on this route` };
+    allowHeaders = names.join(', ');
+  }
+  const out: Record<string, string> = {
+    'access-control-allow-origin': allowOriginValue(policy, origin),
+    'access-control-allow-methods': method,
+    'access-control-max-age': policy.maxAge,
+    vary: PREFLIGHT_VARY,
+  };
+  if (allowHeaders !== '') out['access-control-allow-headers'] = allowHeaders;
+  if (policy.credentials) out['access-control-allow-credentials'] = 'true';
+  return { ok: true, headers: out };
+}
