@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http';
+import { STATUS_CODES, type ServerResponse } from 'node:http';
 
 /**
  * Every error the gateway answers by itself is declared here once: a stable code, its HTTP
@@ -81,6 +81,30 @@ export function writeProblem(
   const body = JSON.stringify(problem(code, requestId, detail));
   res.writeHead(ERRORS[code].status, ERRORS[code].title, {
     ...headers,
+    'content-type': PROBLEM_CONTENT_TYPE,
+    'content-length': Buffer.byteLength(body),
+    'x-request-id': requestId,
+    'cache-control': 'no-store',
+  });
+  res.end(body);
+}
+
+/**
+ * An upstream's 4xx/5xx answer in the gateway's error shape, with the upstream's status (routes
+ * with `transform.mapErrors`). Its own body is never shown: only the status is carried over.
+ */
+export function writeUpstreamError(res: ServerResponse, status: number, requestId: string, retryAfter: string | string[] | undefined): void {
+  const title = STATUS_CODES[status] ?? 'Error';
+  const body = JSON.stringify({
+    type: 'urn:api-gateway:error:GW_UPSTREAM_ERROR',
+    title,
+    status,
+    code: 'GW_UPSTREAM_ERROR',
+    detail: `the upstream service answered ${status} ${title}`,
+    request_id: requestId,
+  });
+  res.writeHead(status, {
+    ...(typeof retryAfter === 'string' ? { 'retry-after': retryAfter } : undefined),
     'content-type': PROBLEM_CONTENT_TYPE,
     'content-length': Buffer.byteLength(body),
     'x-request-id': requestId,

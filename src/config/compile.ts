@@ -4,6 +4,7 @@ import type { Env } from './env.js';
 import { ConfigError } from './load.js';
 import type { RouteConfig, RoutesFile } from './routes-schema.js';
 import { Router } from '../pipeline/route-match.js';
+import { compileTransform, type RouteTransform } from '../pipeline/route-transform.js';
 import { compileCors, DEFAULT_ALLOW_HEADERS, DEFAULT_EXPOSE_HEADERS, type CorsPolicy, type CorsSettings } from '../pipeline/cors.js';
 import type { PoolSettings } from '../upstream/instance.js';
 import { poolSettings, type UpstreamService } from '../upstream/service.js';
@@ -46,6 +47,7 @@ export interface CompiledRoute {
   readonly rateLimit: RouteRateLimit;
   readonly phi: boolean;
   readonly preserveHost: boolean;
+  readonly transform: RouteTransform | null;
   /** Null: the route takes no cross-origin requests (`cors: false`). */
   readonly cors: CorsPolicy | null;
 }
@@ -135,6 +137,7 @@ export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<
       rateLimit: compileRateLimit(route, env),
       phi: route.phi,
       preserveHost: route.preserveHost,
+      transform: compileTransform(route.transform),
       cors: route.cors === false ? null : route.cors === undefined ? globalCors : compileRouteCors(corsDefaults, route.cors),
     });
   });

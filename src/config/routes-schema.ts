@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { PERMISSION_PATTERN } from '../auth/permissions.js';
 import { ROLES } from '../auth/roles.js';
+import { PLACEHOLDER, PLACEHOLDER_LIKE } from '../pipeline/route-transform.js';
 
 export const HTTP_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
 
@@ -139,6 +140,33 @@ const routeCorsSchema = z.union([
     .refine((c) => !(c.credentials === true && c.origins?.includes('*')), { message: 'credentials cannot be combined with the origin *', path: ['credentials'] }),
 ]);
 
+/** Framing and hop fields: a transform that set them could desynchronise the gateway and the upstream. */
+const FRAMING_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'keep-alive', 'expect', 'proxy-connection']);
+const transformHeaderName = headerName.refine((h) => !FRAMING_HEADERS.has(h.toLowerCase()), 'framing and hop-by-hop headers (Host, Content-Length, Transfer-Encoding, Connection...) cannot be transformed');
+const templateValue = z.string().max(4096).superRefine((v, ctx) => {
+  for (const m of v.matchAll(PLACEHOLDER_LIKE)) {
+    if (!new RegExp(`^${PLACEHOLDER.source}$`).test(m[0])) {
+      ctx.addIssue({ code: 'custom', message: `unknown placeholder ${m[0]}: use {user.id}, {user.role}, {user.phi_access_level}, {request.id}, {route.name}, {client.ip} or {param.name}` });
+    }
+  }
+});
+const headerOps = z.strictObject({
+  set: z.record(transformHeaderName, templateValue).optional(),
+  add: z.record(transformHeaderName, templateValue).optional(),
+  remove: z.array(transformHeaderName).optional(),
+});
+const queryName = z.string().min(1).max(256);
+const transformSchema = z.strictObject({
+  request: z
+    .strictObject({
+      headers: headerOps.optional(),
+      query: z.strictObject({ rename: z.record(queryName, queryName).optional(), remove: z.array(queryName).optional(), add: z.record(queryName, templateValue).optional() }).optional(),
+    })
+    .optional(),
+  response: z.strictObject({ headers: headerOps.optional() }).optional(),
+  mapErrors: z.boolean().optional(),
+});
+
 export const routeSchema = z
   .strictObject({
     name: z
@@ -184,6 +212,8 @@ export const routeSchema = z
       .optional(),
     phi: z.boolean().default(false),
     cors: routeCorsSchema.optional(),
+    /** Declared changes to the request and the answer (src/pipeline/route-transform.ts). */
+    transform: transformSchema.optional(),
     preserveHost: z.boolean().default(false),
   })
   .superRefine((route, ctx) => {
@@ -220,6 +250,12 @@ export const routeSchema = z
       }
       if (route.action === 'logout' || route.action === 'revoke') {
         ctx.addIssue({ code: 'custom', path: ['auth'], message: `a ${route.action} route needs auth: required` });
+      }
+    }
+    if (route.transform !== undefined) {
+      const captured = new Set((route.pattern ?? '').split('/').filter((seg) => seg.startsWith(':')).map((seg) => seg.slice(1)));
+      for (const used of JSON.stringify(route.transform).matchAll(/\{param\.([A-Za-z_][A-Za-z0-9_]*)\}/g)) {
+        if (!captured.has(used[1]!)) ctx.addIssue({ code: 'custom', path: ['transform'], message: `uses {param.${used[1]}}, which the route's pattern does not capture` });
       }
     }
     if (route.subject?.param !== undefined && !(route.pattern ?? '').split('/').includes(`:${route.subject.param}`)) {

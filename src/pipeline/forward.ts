@@ -7,6 +7,8 @@ import type { FailureKind, Instance } from '../upstream/instance.js';
 import type { UpstreamService } from '../upstream/service.js';
 import type { Exchange } from './exchange.js';
 import { clientResponseHeaders } from './transform.js';
+import { transformQuery } from './route-transform.js';
+import { writeUpstreamError } from '../errors.js';
 
 class BodyTooLarge extends Error {
   readonly code = 'GW_BODY_TOO_LARGE';
@@ -109,6 +111,8 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
   private settled = false;
   /** The instance answered 5xx: counted against it once the answer is over. */
   private failedStatus = false;
+  /** The answer was an upstream error replaced by the gateway's own: its body is dropped. */
+  private mapped = false;
   private onDrain: (() => void) | null = null;
   private readonly timer: NodeJS.Timeout;
   private readonly sentAt: number;
@@ -124,6 +128,8 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
     private readonly headers: string[],
+    /** The upstream path and query, rewritten and transformed once for every try. */
+    private readonly target: string,
     private readonly body: Body,
     private readonly done: ForwardDone,
     /** performance.now() by which the route's timeout ends the exchange. */
@@ -153,11 +159,9 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
   }
 
   dispatch(): void {
-    const ex = this.ex;
-    const path = this.route.rewrite(ex.path, ex.params);
     this.inst.pool(this.route.pool).dispatch(
       {
-        path: ex.query === '' ? path : `${path}?${ex.query}`,
+        path: this.target,
         method: this.req.method!,
         headers: this.headers,
         body: this.body,
@@ -200,10 +204,19 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
     }
     this.started = true;
     this.ex.upstreamStatus = statusCode;
+    if (statusCode >= 400 && this.route.transform?.mapErrors === true) {
+      // The upstream's error body (a stack trace, a patient's name in a message) never reaches
+      // the client: the gateway's one error shape with the same status does. The body is read
+      // and dropped, so the connection stays usable.
+      this.mapped = true;
+      writeUpstreamError(this.res, statusCode, this.ex.id, headers['retry-after']);
+      return;
+    }
     this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex));
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.mapped) return;
     if (!this.res.write(chunk)) {
       controller.pause();
       this.onDrain ??= () => this.controller?.resume();
@@ -214,7 +227,7 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
   onResponseEnd(): void {
     if (this.settled) return;
     this.settle(this.failedStatus ? 'status' : 'ok');
-    this.res.end();
+    if (!this.mapped) this.res.end();
     this.done(this.ex, null);
   }
 
@@ -247,7 +260,7 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
       this.ex.retries++;
       const tried = this.tried!;
       tried.push(this.inst);
-      new ProxyAttempt(this.ex, this.route, this.service, next, this.req, this.res, this.headers, this.body, this.done, this.deadline, tried).dispatch();
+      new ProxyAttempt(this.ex, this.route, this.service, next, this.req, this.res, this.headers, this.target, this.body, this.done, this.deadline, tried).dispatch();
       return;
     }
     const code = upstreamErrorCode(err);
@@ -338,5 +351,8 @@ export function forward(
   const canRetry = service.retry !== null && service.instances.length > 1;
   const replayable = canRetry && (body === null || Buffer.isBuffer(body)) && IDEMPOTENT.has(req.method!);
   if (canRetry) service.budget.request(now);
-  new ProxyAttempt(ex, route, service, inst, req, res, headers, body, done, now + route.timeoutMs, replayable ? [] : null).dispatch();
+  const path = route.rewrite(ex.path, ex.params);
+  const queryOps = route.transform?.query;
+  const query = queryOps == null ? ex.query : transformQuery(ex.query, queryOps, ex);
+  new ProxyAttempt(ex, route, service, inst, req, res, headers, query === '' ? path : `${path}?${query}`, body, done, now + route.timeoutMs, replayable ? [] : null).dispatch();
 }

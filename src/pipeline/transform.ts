@@ -1,6 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Exchange } from './exchange.js';
 import { rateLimitHeader } from './access-check.js';
+import { applyHeaderOps } from './route-transform.js';
 
 /** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
 const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -89,7 +90,8 @@ export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeader
 
   const who = ex.identity;
   if (who !== null) out.push('x-user-id', who.userId, 'x-user-role', who.role, 'x-phi-access-level', who.phiAccessLevel);
-  return out;
+  const ops = ex.route!.transform?.requestHeaders;
+  return ops == null ? out : applyHeaderOps(out, ops, ex);
 }
 
 function single(value: string | string[] | undefined): string | undefined {
@@ -125,5 +127,6 @@ export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange
     const policy = ex.route!.rateLimit;
     out.push('ratelimit-policy', policy.policyHeader, 'ratelimit', rateLimitHeader(policy.policyName, limit));
   }
-  return out;
+  const ops = ex.route!.transform?.responseHeaders;
+  return ops == null ? out : applyHeaderOps(out, ops, ex);
 }
