@@ -12,12 +12,13 @@ export class RetryBudget {
   private second = 0;
 
   constructor(
-    private ratio: number,
+    /** Retries allowed per 100 requests. */
+    private percent: number,
     private minPerSecond: number,
   ) {}
 
-  configure(ratio: number, minPerSecond: number): void {
-    this.ratio = ratio;
+  configure(percent: number, minPerSecond: number): void {
+    this.percent = percent;
     this.minPerSecond = minPerSecond;
   }
 
@@ -35,7 +36,8 @@ export class RetryBudget {
       requests += this.requests[i]!;
       retries += this.retries[i]!;
     }
-    if (retries + 1 > this.ratio * requests && this.retries[slot]! >= this.minPerSecond) return false;
+    // Whole numbers on both sides: 29% of 100 requests is 29 retries, not 28.999...
+    if ((retries + 1) * 100 > this.percent * requests && this.retries[slot]! >= this.minPerSecond) return false;
     this.retries[slot]!++;
     return true;
   }

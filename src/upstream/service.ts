@@ -40,7 +40,7 @@ export class UpstreamService {
   retryStatuses: ReadonlySet<number> = new Set();
   /** The pools of routes that keep the service's connect timeout. */
   poolSettings: PoolSettings = { connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, maxConnections: 256, key: '' };
-  readonly budget = new RetryBudget(0.2, 3);
+  readonly budget = new RetryBudget(20, 3);
   // Counters, read by /metrics.
   retries = 0;
   retriesRefused = 0;
@@ -65,7 +65,7 @@ export class UpstreamService {
     this.outlier = config.outlierDetection === false ? null : config.outlierDetection;
     this.retry = config.retry === false || config.retry.retries === 0 ? null : config.retry;
     this.retryStatuses = new Set(this.retry?.onStatuses ?? []);
-    if (this.retry !== null) this.budget.configure(this.retry.budgetPercent / 100, this.retry.minRetriesPerSecond);
+    if (this.retry !== null) this.budget.configure(this.retry.budgetPercent, this.retry.minRetriesPerSecond);
     this.poolSettings = poolSettings(config.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS, config.maxConnections);
     if (config.instances !== undefined) this.setInstances(listedInstances(config));
   }
