@@ -1,14 +1,15 @@
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createSecureServer, type Http2Session } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
+import type { Server as TlsServer } from 'node:tls';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { JwtVerifier } from './auth/jwt.js';
 import { compileConfig, type CompiledConfig } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
 import { RESERVED_PATHS } from './config/routes-schema.js';
-import type { GatewayConfig } from './config/load.js';
+import { ConfigError, type GatewayConfig } from './config/load.js';
 import { RoutesReloader, type ReloadResult } from './config/reload.js';
 import type { RoutesFile } from './config/routes-schema.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, writeProblem, type ErrorCode } from './errors.js';
@@ -24,7 +25,7 @@ import { forward } from './pipeline/forward.js';
 import { FramingGuard } from './pipeline/framing.js';
 import { normalizePath } from './pipeline/normalize-path.js';
 import { AccessCheck } from './pipeline/access-check.js';
-import { applyCors, preflight, PREFLIGHT_VARY } from './pipeline/cors.js';
+import { corsHeaders, preflight, PREFLIGHT_VARY } from './pipeline/cors.js';
 import { AuthFailureLimit } from './pipeline/auth-failure-limit.js';
 import { AuthFlows } from './pipeline/auth-flows.js';
 import { requestIdFrom } from './pipeline/request-id.js';
@@ -37,6 +38,7 @@ import { createRedisClient } from './stores/redis-client.js';
 import { BREAK_GLASS_HEADER } from './pipeline/authorize.js';
 import { UpstreamPools } from './upstream/pools.js';
 import { UpstreamRegistry } from './upstream/registry.js';
+import { CertificateWatcher, MIN_TLS_VERSION, readTlsMaterial } from './tls.js';
 import { VERSION } from './version.js';
 
 declare module 'fastify' {
@@ -58,7 +60,10 @@ export interface Gateway {
 export async function buildGateway(config: GatewayConfig, { log: logger, access }: Loggers): Promise<Gateway> {
   const { env } = config;
   const pools = new UpstreamPools();
-  const upstreams = new UpstreamRegistry(logger);
+  const upstreamCa = env.UPSTREAM_CA_FILE === undefined ? undefined : await readFile(env.UPSTREAM_CA_FILE).catch((err: NodeJS.ErrnoException) => {
+    throw new ConfigError([`UPSTREAM_CA_FILE: cannot read "${env.UPSTREAM_CA_FILE}" (${err.code ?? 'error'})`]);
+  });
+  const upstreams = new UpstreamRegistry(logger, undefined, upstreamCa);
   const firstPlan = await upstreams.prepare(config.routes.services);
   /**
    * The routes in force. A reload replaces the whole object in one assignment: a request sees
@@ -148,6 +153,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
    * walks the request path below directly, without the framework's per-request machinery.
    */
   const serverOptions = { maxHeaderSize: env.MAX_HEADER_BYTES, requireHostHeader: false };
+  const tlsMaterial = env.TLS_CERT_FILE ? await readTlsMaterial(env.TLS_CERT_FILE, env.TLS_KEY_FILE!) : null;
+  const hsts = tlsMaterial !== null && env.HSTS_MAX_AGE_SECONDS > 0 ? `max-age=${env.HSTS_MAX_AGE_SECONDS}; includeSubDomains` : null;
+  const hstsHeader: readonly string[] | null = hsts === null ? null : Object.freeze(['strict-transport-security', hsts]);
+  let tlsServer: TlsServer | null = null;
+  /** HTTP/2 sessions, closed gracefully (GOAWAY after their open streams) at shutdown. */
+  const sessions = new Set<Http2Session>();
   const app = Fastify({
     logger: false,
     requestIdHeader: false,
@@ -156,17 +167,44 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     forceCloseConnections: 'idle',
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger),
     serverFactory: (ownEndpoints) => {
-      const handler = (req: IncomingMessage, res: ServerResponse) => (isOwnEndpoint(req.url!) ? ownEndpoints(req, res) : handleRequest(req, res));
+      const handler = (req: IncomingMessage, res: ServerResponse) => {
+        if (!isOwnEndpoint(req.url!)) return handleRequest(req, res);
+        if (hsts !== null) res.setHeader('strict-transport-security', hsts);
+        ownEndpoints(req, res);
+      };
       // A missing Host gets the gateway's own 400 (framing.ts), not Node's bare one.
-      const server = tls
-        ? createHttpsServer({ ...serverOptions, cert: readFileSync(env.TLS_CERT_FILE!), key: readFileSync(env.TLS_KEY_FILE!), minVersion: 'TLSv1.2' }, handler)
-        : createHttpServer(serverOptions, handler);
+      let server: HttpServer;
+      if (tlsMaterial === null) server = createHttpServer(serverOptions, handler);
+      else if (env.HTTP2_ENABLED) {
+        // One port, both protocols: ALPN picks h2, clients that do not offer it get HTTP/1.1
+        // from the same server with the same limits.
+        const h2 = createSecureServer(
+          { allowHTTP1: true, cert: tlsMaterial.cert, key: tlsMaterial.key, minVersion: MIN_TLS_VERSION, settings: { maxHeaderListSize: env.MAX_HEADER_BYTES } },
+          handler as unknown as Parameters<typeof createSecureServer>[1],
+        );
+        h2.on('session', (session: Http2Session) => {
+          sessions.add(session);
+          session.once('close', () => sessions.delete(session));
+        });
+        tlsServer = h2;
+        server = h2 as unknown as HttpServer;
+        (server as { maxHeaderSize?: number }).maxHeaderSize = env.MAX_HEADER_BYTES;
+      } else {
+        const https = createHttpsServer({ ...serverOptions, cert: tlsMaterial.cert, key: tlsMaterial.key, minVersion: MIN_TLS_VERSION }, handler);
+        tlsServer = https;
+        server = https;
+      }
       server.keepAliveTimeout = env.KEEP_ALIVE_TIMEOUT_MS;
       server.requestTimeout = env.CLIENT_REQUEST_TIMEOUT_MS;
       server.headersTimeout = env.CLIENT_HEADERS_TIMEOUT_MS;
       return server;
     },
   });
+  const certificates =
+    tlsMaterial === null
+      ? null
+      : new CertificateWatcher(env.TLS_CERT_FILE!, env.TLS_KEY_FILE!, tlsMaterial, (m) => tlsServer!.setSecureContext({ cert: m.cert, key: m.key, minVersion: MIN_TLS_VERSION }), logger);
+  certificates?.watch();
 
   // The own endpoints take no body: whatever a client sends is never parsed or buffered.
   app.removeAllContentTypeParsers();
@@ -254,6 +292,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
    */
   const handleRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ex = exchangeFor(requestIdFrom(req.headers['x-request-id']), req);
+    ex.answerHeaders = hstsHeader;
     (res as ServerResponse & { [EXCHANGE]?: Exchange })[EXCHANGE] = ex;
     res.on('close', exchangeClosed);
     const refused = admission(req);
@@ -282,7 +321,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     }
     const config = compiled;
     const match = config.router.match(req.method!, path, req.headers);
-    if (origin !== undefined) applyCors(res, match.kind === 'found' ? match.route.cors : config.cors, origin);
+    const cors = match.kind === 'found' ? match.route.cors : config.cors;
+    if (cors !== null && (origin !== undefined || cors.varyOrigin)) ex.answerHeaders = corsHeaders(cors, origin, ex.answerHeaders);
     if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path');
     if (match.kind === 'method-not-allowed') {
       return answer(res, ex, 'GW_METHOD_NOT_ALLOWED', `this route accepts ${match.allow}`, { allow: match.allow });
@@ -297,13 +337,16 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 
   const answerPreflight = (ex: Exchange, req: IncomingMessage, res: ServerResponse, path: string, origin: string): void => {
     const method = String(req.headers['access-control-request-method']).trim().toUpperCase();
-    const match = compiled.router.match(method, path, req.headers);
+    const announced = new Set((req.headers['access-control-request-headers'] ?? '').split(',').map((h) => h.trim().toLowerCase()));
+    const match = compiled.router.match(method, path, req.headers, announced);
     if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path', { vary: PREFLIGHT_VARY });
     ex.route = match.kind === 'found' ? match.route : null;
     const verdict =
       match.kind === 'method-not-allowed' ? { ok: false as const, detail: `this route accepts ${match.allow}` } : preflight(match.route.cors, origin, method, req.headers);
     if (!verdict.ok) return answer(res, ex, 'GW_CORS_REJECTED', `preflight refused: ${verdict.detail}`, { vary: PREFLIGHT_VARY });
-    res.writeHead(204, { ...verdict.headers, 'x-request-id': ex.id, 'content-length': '0' });
+    const fields: Record<string, string> = { ...verdict.headers, 'x-request-id': ex.id, 'content-length': '0' };
+    if (hsts !== null) fields['strict-transport-security'] = hsts;
+    res.writeHead(204, fields);
     res.end();
   };
 
@@ -361,11 +404,16 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     app,
     health,
     isShuttingDown: () => shuttingDown,
-    reload: () => reloader.reload(),
+    async reload() {
+      await certificates?.reload();
+      return reloader.reload();
+    },
     async close() {
       if (shuttingDown) return;
       shuttingDown = true;
       reloader.close();
+      certificates?.close();
+      for (const session of sessions) session.close();
       await app.close();
       accessLog.flush();
       await Promise.all([pools.close(), upstreams.close()]);
@@ -397,7 +445,7 @@ function isOwnEndpoint(url: string): boolean {
 
 function answer(res: ServerResponse, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
   ex.errorCode = code;
-  writeProblem(res, code, ex.id, detail, headers);
+  writeProblem(res, code, ex.id, detail, headers, ex.answerHeaders);
 }
 
 const CLOSE = { connection: 'close' };

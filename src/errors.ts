@@ -73,19 +73,27 @@ export function writeProblem(
   requestId: string,
   detail: string,
   headers?: Record<string, string>,
+  /** Fields every answer of the exchange carries (CORS, HSTS), as [name, value, ...]. */
+  extra?: readonly string[] | null,
 ): void {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
   }
   const body = JSON.stringify(problem(code, requestId, detail));
-  res.writeHead(ERRORS[code].status, ERRORS[code].title, {
+  const fields: Record<string, string | number> = {
     ...headers,
     'content-type': PROBLEM_CONTENT_TYPE,
     'content-length': Buffer.byteLength(body),
     'x-request-id': requestId,
     'cache-control': 'no-store',
-  });
+  };
+  if (extra != null) for (let i = 0; i < extra.length; i += 2) fields[extra[i]!] = extra[i + 1]!;
+  if (res.req?.httpVersionMajor === 2) {
+    // HTTP/2 has neither reason phrases nor Connection: a stream ends, the connection stays.
+    delete fields.connection;
+    res.writeHead(ERRORS[code].status, fields);
+  } else res.writeHead(ERRORS[code].status, ERRORS[code].title, fields);
   res.end(body);
 }
 
@@ -93,7 +101,7 @@ export function writeProblem(
  * An upstream's 4xx/5xx answer in the gateway's error shape, with the upstream's status (routes
  * with `transform.mapErrors`). Its own body is never shown: only the status is carried over.
  */
-export function writeUpstreamError(res: ServerResponse, status: number, requestId: string, retryAfter: string | string[] | undefined): void {
+export function writeUpstreamError(res: ServerResponse, status: number, requestId: string, retryAfter: string | string[] | undefined, extra: readonly string[] | null): void {
   const title = STATUS_CODES[status] ?? 'Error';
   const body = JSON.stringify({
     type: 'urn:api-gateway:error:GW_UPSTREAM_ERROR',
@@ -103,12 +111,14 @@ export function writeUpstreamError(res: ServerResponse, status: number, requestI
     detail: `the upstream service answered ${status} ${title}`,
     request_id: requestId,
   });
-  res.writeHead(status, {
+  const fields: Record<string, string | number> = {
     ...(typeof retryAfter === 'string' ? { 'retry-after': retryAfter } : undefined),
     'content-type': PROBLEM_CONTENT_TYPE,
     'content-length': Buffer.byteLength(body),
     'x-request-id': requestId,
     'cache-control': 'no-store',
-  });
+  };
+  if (extra !== null) for (let i = 0; i < extra.length; i += 2) fields[extra[i]!] = extra[i + 1]!;
+  res.writeHead(status, fields);
   res.end(body);
 }

@@ -112,6 +112,13 @@ export const envSchema = z
     ENABLE_METRICS: bool.default(true),
     TLS_CERT_FILE: z.string().trim().min(1).optional(),
     TLS_KEY_FILE: z.string().trim().min(1).optional(),
+    /** TLS ends at a load balancer in front of the gateway: production may then run without a certificate. */
+    TLS_TERMINATED_BY_PROXY: bool.default(false),
+    /** With TLS: HTTP/2 by ALPN, HTTP/1.1 for clients that do not offer it. */
+    HTTP2_ENABLED: bool.default(true),
+    HSTS_MAX_AGE_SECONDS: int(0, 63_072_000, 'seconds of Strict-Transport-Security on TLS answers; 0 sends none').default(31_536_000),
+    /** PEM bundle of the CAs that sign upstream instances' certificates (https:// instances). */
+    UPSTREAM_CA_FILE: z.string().trim().min(1).optional(),
     TRUSTED_PROXIES: cidrs.default([]),
     MAX_BODY_BYTES: int(0, 2 ** 40, 'bytes; per-route maxBodyBytes overrides it').default(10 * 1024 * 1024),
     MAX_HEADER_BYTES: int(1024, 1024 * 1024, 'bytes for the request line and all headers').default(16 * 1024),

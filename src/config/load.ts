@@ -34,6 +34,10 @@ function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
     if (issue.code === 'unrecognized_keys') {
       return `${formatPath(issue.path)}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')} (check the spelling against the README's routes-file reference)`;
     }
+    if (issue.code === 'invalid_key' && issue.issues.length > 0) {
+      // A record key that failed its own check: its reason is nested one level down.
+      return `${formatPath(issue.path)}: ${issue.issues[0]!.message}`;
+    }
     if (issue.code === 'invalid_type' && issue.input === undefined) {
       return `${formatPath(issue.path)}: is required`;
     }
@@ -105,6 +109,11 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
   if (env.NODE_ENV === 'production' && !env.REDIS_URL) {
     throw new ConfigError([
       'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas',
+    ]);
+  }
+  if (env.NODE_ENV === 'production' && !env.TLS_CERT_FILE && !env.TLS_TERMINATED_BY_PROXY) {
+    throw new ConfigError([
+      'TLS_CERT_FILE: is required when NODE_ENV=production (the spec requires TLS); set TLS_CERT_FILE and TLS_KEY_FILE, or TLS_TERMINATED_BY_PROXY=true when a load balancer in front of the gateway ends TLS',
     ]);
   }
   const routes = await loadRoutesFile(env.ROUTES_FILE, source);

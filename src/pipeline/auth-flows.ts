@@ -260,5 +260,5 @@ function invalid(error: z.ZodError, json: unknown): NonNullable<StageResult> {
 
 function answer(res: ServerResponse, ex: Exchange, code: ErrorCode, detail: string, headers?: Record<string, string>): void {
   ex.errorCode = code;
-  writeProblem(res, code, ex.id, detail, headers);
+  writeProblem(res, code, ex.id, detail, headers, ex.answerHeaders);
 }

@@ -1,4 +1,4 @@
-import type { IncomingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 
 /** Request headers a browser may send cross-origin unless a route says otherwise. */
 export const DEFAULT_ALLOW_HEADERS = ['authorization', 'content-type', 'x-request-id', 'x-break-glass-reason'];
@@ -51,17 +51,20 @@ function allowOriginValue(policy: CorsPolicy, origin: string): string {
 }
 
 /**
- * Sets the CORS headers of an actual (non-preflight) cross-origin request on the response, so
- * that the gateway's own error answers carry them as well as proxied ones. A disallowed origin
- * gets none: the browser then keeps the answer from the page.
+ * The fields an actual (non-preflight) request's answers carry, added to `base` (HSTS): for an
+ * allowed origin the CORS grant, on the gateway's own errors as on proxied answers; and Vary:
+ * Origin whenever the answer depends on the origin. A disallowed origin gets no grant: the
+ * browser then keeps the answer from the page.
  */
-export function applyCors(res: ServerResponse, policy: CorsPolicy | null, origin: string): void {
-  if (policy === null) return;
-  if (policy.varyOrigin) res.setHeader('vary', 'Origin');
-  if (!allowed(policy, origin)) return;
-  res.setHeader('access-control-allow-origin', allowOriginValue(policy, origin));
-  if (policy.credentials) res.setHeader('access-control-allow-credentials', 'true');
-  if (policy.exposeHeaders !== '') res.setHeader('access-control-expose-headers', policy.exposeHeaders);
+export function corsHeaders(policy: CorsPolicy, origin: string | undefined, base: readonly string[] | null): readonly string[] | null {
+  const out = base === null ? [] : [...base];
+  if (policy.varyOrigin) out.push('vary', 'Origin');
+  if (origin !== undefined && allowed(policy, origin)) {
+    out.push('access-control-allow-origin', allowOriginValue(policy, origin));
+    if (policy.credentials) out.push('access-control-allow-credentials', 'true');
+    if (policy.exposeHeaders !== '') out.push('access-control-expose-headers', policy.exposeHeaders);
+  }
+  return out.length === 0 ? base : out;
 }
 
 export type PreflightVerdict = { ok: true; headers: Record<string, string> } | { ok: false; detail: string };

@@ -26,6 +26,12 @@ export class Exchange {
   retries = 0;
   /** The upstream call under way, told when the client's response closes. */
   inFlight: { clientClosed(): void } | null = null;
+  /**
+   * Fields every answer to this request carries, proxied or the gateway's own, as
+   * [name, value, ...]: CORS for an allowed origin, Vary: Origin, HSTS. Kept here rather than set
+   * on the response, so that an upstream's repeated fields (Set-Cookie) are never merged away.
+   */
+  answerHeaders: readonly string[] | null = null;
   /** Why the gateway itself answered, when it did: an error code from errors.ts. */
   errorCode: string | null = null;
 

@@ -209,7 +209,7 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
       // the client: the gateway's one error shape with the same status does. The body is read
       // and dropped, so the connection stays usable.
       this.mapped = true;
-      writeUpstreamError(this.res, statusCode, this.ex.id, headers['retry-after']);
+      writeUpstreamError(this.res, statusCode, this.ex.id, headers['retry-after'], this.ex.answerHeaders);
       return;
     }
     this.res.writeHead(statusCode, clientResponseHeaders(headers, this.ex));
@@ -265,9 +265,14 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
     }
     const code = upstreamErrorCode(err);
     this.ex.errorCode = code;
-    writeProblem(this.res, code, this.ex.id, code === 'GW_BODY_TOO_LARGE' ? err.message : DETAIL[code]!, {
-      ...(code === 'GW_BODY_TOO_LARGE' ? { connection: 'close' } : undefined),
-    });
+    writeProblem(
+      this.res,
+      code,
+      this.ex.id,
+      code === 'GW_BODY_TOO_LARGE' ? err.message : DETAIL[code]!,
+      code === 'GW_BODY_TOO_LARGE' ? { connection: 'close' } : undefined,
+      this.ex.answerHeaders,
+    );
     this.done(this.ex, err);
   }
 
@@ -326,7 +331,7 @@ export function forward(
     const length = req.headers['content-length'];
     if (length !== undefined && Number(length) > route.maxBodyBytes) {
       ex.errorCode = 'GW_BODY_TOO_LARGE';
-      writeProblem(res, 'GW_BODY_TOO_LARGE', ex.id, `request body exceeds ${route.maxBodyBytes} bytes`, { connection: 'close' });
+      writeProblem(res, 'GW_BODY_TOO_LARGE', ex.id, `request body exceeds ${route.maxBodyBytes} bytes`, { connection: 'close' }, ex.answerHeaders);
       return;
     }
     body = length === undefined ? req.pipe(new BodyLimit(route.maxBodyBytes)) : req;
@@ -336,7 +341,7 @@ export function forward(
   if (service.active >= service.maxActive) {
     service.overflows++;
     ex.errorCode = 'GW_UPSTREAM_OVERLOADED';
-    writeProblem(res, 'GW_UPSTREAM_OVERLOADED', ex.id, `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' });
+    writeProblem(res, 'GW_UPSTREAM_OVERLOADED', ex.id, `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' }, ex.answerHeaders);
     return;
   }
   const now = performance.now();
@@ -344,7 +349,7 @@ export function forward(
   if (inst === null) {
     service.unavailable++;
     ex.errorCode = 'GW_NO_HEALTHY_UPSTREAM';
-    writeProblem(res, 'GW_NO_HEALTHY_UPSTREAM', ex.id, `no instance of the ${service.name} service is healthy`, { 'retry-after': String(service.retryAfterSeconds(now)) });
+    writeProblem(res, 'GW_NO_HEALTHY_UPSTREAM', ex.id, `no instance of the ${service.name} service is healthy`, { 'retry-after': String(service.retryAfterSeconds(now)) }, ex.answerHeaders);
     return;
   }
   // Only a request whose body the gateway holds (or that has none) can be sent twice.

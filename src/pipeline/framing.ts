@@ -14,6 +14,7 @@ export class FramingGuard {
   private readonly faulty = new WeakSet<Socket>();
 
   check(raw: IncomingMessage): string | null {
+    if (raw.httpVersionMajor === 2) return checkHttp2(raw);
     if (this.faulty.has(raw.socket)) return 'an earlier request on this connection was malformed';
     // RFC 9112 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing.
     if (raw.httpVersionMinor === 0 && raw.headers['transfer-encoding'] !== undefined) return 'HTTP/1.0 requests cannot use Transfer-Encoding';
@@ -33,4 +34,17 @@ export class FramingGuard {
   refuseConnection(socket: Socket): void {
     this.faulty.add(socket);
   }
+}
+
+/**
+ * HTTP/2 frames carry lengths, so there is no body framing to confuse; what is left is the
+ * authority (RFC 9113 8.3.1): valid, and equal to Host when a client sends both.
+ */
+function checkHttp2(raw: IncomingMessage): string | null {
+  const authority = raw.headers[':authority'];
+  const host = raw.headers.host;
+  const name = typeof authority === 'string' ? authority : host;
+  if (name === undefined || !VALID_HOST.test(name)) return 'the request needs one valid :authority';
+  if (typeof authority === 'string' && host !== undefined && host !== authority) return ':authority and Host differ';
+  return null;
 }

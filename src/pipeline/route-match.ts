@@ -39,13 +39,18 @@ export class Router {
     this.prefixes.sort((a, b) => b.match.path.length - a.match.path.length);
   }
 
-  match(method: string, path: string, headers: IncomingHttpHeaders): RouteMatch {
+  /**
+   * `announced`: for a preflight, which carries no header values, the header names the real
+   * request will send (Access-Control-Request-Headers); a route's header condition is then met
+   * when its header is announced.
+   */
+  match(method: string, path: string, headers: IncomingHttpHeaders, announced: ReadonlySet<string> | null = null): RouteMatch {
     let allow: Set<string> | null = null;
 
     const exact = this.exact.get(path);
     if (exact !== undefined) {
       for (const route of exact) {
-        if (!headersMatch(route, headers)) continue;
+        if (!headersMatch(route, headers, announced)) continue;
         if (route.methods === null || route.methods.has(method)) return { kind: 'found', route, params: null };
         allow = addAllowed(allow, route);
       }
@@ -53,7 +58,7 @@ export class Router {
 
     for (const entry of this.patterns) {
       const m = entry.regex.exec(path);
-      if (m === null || !headersMatch(entry.route, headers)) continue;
+      if (m === null || !headersMatch(entry.route, headers, announced)) continue;
       if (entry.route.methods === null || entry.route.methods.has(method)) {
         const params: Record<string, string> = {};
         for (let i = 0; i < entry.names.length; i++) params[entry.names[i]!] = m[i + 1]!;
@@ -63,7 +68,7 @@ export class Router {
     }
 
     for (const route of this.prefixes) {
-      if (!prefixMatches(route.match.path, path) || !headersMatch(route, headers)) continue;
+      if (!prefixMatches(route.match.path, path) || !headersMatch(route, headers, announced)) continue;
       if (route.methods === null || route.methods.has(method)) return { kind: 'found', route, params: null };
       allow = addAllowed(allow, route);
     }
@@ -78,10 +83,10 @@ export function prefixMatches(prefix: string, path: string): boolean {
   return path.length === prefix.length || prefix.endsWith('/') || path.charCodeAt(prefix.length) === 47;
 }
 
-function headersMatch(route: CompiledRoute, headers: IncomingHttpHeaders): boolean {
+function headersMatch(route: CompiledRoute, headers: IncomingHttpHeaders, announced: ReadonlySet<string> | null): boolean {
   if (route.headers === null) return true;
   for (const [name, value] of route.headers) {
-    if (headers[name] !== value) return false;
+    if (announced !== null ? !announced.has(name) : headers[name] !== value) return false;
   }
   return true;
 }

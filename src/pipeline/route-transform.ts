@@ -10,7 +10,7 @@ import type { Exchange } from './exchange.js';
 /** The placeholders a value may use; anything else in braces is refused when the file loads. */
 export const PLACEHOLDER = /\{(user\.id|user\.role|user\.phi_access_level|request\.id|route\.name|client\.ip|param\.[A-Za-z_][A-Za-z0-9_]*)\}/g;
 /** Any `{name.name}` that looks like a placeholder, to catch typos such as `{user.ID}`. */
-export const PLACEHOLDER_LIKE = /\{[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z0-9_.]*\}/g;
+export const PLACEHOLDER_LIKE = /\{[A-Za-z_][A-Za-z0-9_.-]*\}/g;
 
 type Reader = (ex: Exchange) => string | undefined;
 
@@ -100,6 +100,7 @@ export function applyHeaderOps(list: string[], ops: HeaderOps, ex: Exchange): st
 
 export interface QueryOps {
   readonly rename: ReadonlyMap<string, string>;
+  /** Names dropped from the client's query: `remove`, the gateway's own `add`s and the rename targets. */
   readonly remove: ReadonlySet<string>;
   readonly add: ReadonlyArray<readonly [string, Template]>;
 }
@@ -113,9 +114,12 @@ export interface QueryOpsConfig {
 export function compileQueryOps(config: QueryOpsConfig | undefined): QueryOps | null {
   if (config === undefined) return null;
   const add = Object.entries(config.add ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
-  // A parameter the gateway adds is the gateway's: a client's copy of it is dropped first.
-  const remove = new Set([...(config.remove ?? []), ...add.map(([k]) => k)]);
-  return Object.freeze({ rename: new Map(Object.entries(config.rename ?? {})), remove, add });
+  // A parameter the gateway adds is the gateway's: a client's copy of it is dropped first. So is
+  // a client's copy of a rename target: `?pid=r-2&patient_id=r-1` must not reach the upstream as
+  // two `pid`s after `patient_id` passed a subject check.
+  const rename = new Map(Object.entries(config.rename ?? {}));
+  const remove = new Set([...(config.remove ?? []), ...add.map(([k]) => k), ...[...rename.values()].filter((target) => !rename.has(target))]);
+  return Object.freeze({ rename, remove, add });
 }
 
 function decodeName(raw: string): string | null {
@@ -137,8 +141,8 @@ export function transformQuery(query: string, ops: QueryOps, ex: Exchange): stri
       const name = decodeName(rawName);
       // A name that does not decode cannot be matched against the rules: it is not passed on.
       if (name === null) continue;
-      if (ops.remove.has(name)) continue;
       const renamed = ops.rename.get(name);
+      if (renamed === undefined && ops.remove.has(name)) continue;
       out.push(renamed === undefined ? pair : encodeURIComponent(renamed) + (eq === -1 ? '' : pair.slice(eq)));
     }
   }

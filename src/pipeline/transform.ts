@@ -64,13 +64,14 @@ export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeader
     // Names with `_` are dropped outright (as nginx does by default): CGI-style upstreams read
     // X-User_ID and X-Forwarded_For as HTTP_X_USER_ID and HTTP_X_FORWARDED_FOR, the very
     // variables the gateway's own headers become.
-    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name) || name.includes('_')) continue;
+    // `:method`, `:path`... are HTTP/2's request line, not fields to pass on.
+    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name) || name.includes('_') || name.charCodeAt(0) === 58) continue;
     if (named !== null && named.has(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const v of value) out.push(name, v);
   }
 
-  const host = headers.host;
+  const host = headers.host ?? single(headers[':authority']);
   if (preserveHost && host !== undefined) out.push('host', host);
   const incomingFor = headers['x-forwarded-for'];
   if (ex.peerTrusted && incomingFor !== undefined) {
@@ -121,6 +122,11 @@ export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange
     else for (const v of value) out.push(name, v);
   }
   if (varyOrigin) out.push('vary', vary === null || vary.trim() === '' ? 'Origin' : vary.trim() === '*' ? '*' : `${vary}, Origin`);
+  const extra = ex.answerHeaders;
+  if (extra !== null) {
+    // Vary: Origin is merged above, with the upstream's own Vary.
+    for (let i = 0; i < extra.length; i += 2) if (extra[i] !== 'vary') out.push(extra[i]!, extra[i + 1]!);
+  }
   out.push('x-request-id', ex.id);
   const limit = ex.rateLimit;
   if (limit !== null) {

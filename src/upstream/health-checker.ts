@@ -14,7 +14,10 @@ export class HealthChecker {
   private stopped = false;
   private readonly clients = new Map<Instance, Client>();
 
-  constructor(private readonly service: UpstreamService) {}
+  constructor(
+    private readonly service: UpstreamService,
+    private readonly ca?: Buffer,
+  ) {}
 
   start(): void {
     void this.round();
@@ -48,7 +51,7 @@ export class HealthChecker {
   private async check(inst: Instance, timeoutMs: number): Promise<void> {
     let client = this.clients.get(inst);
     if (client === undefined) {
-      client = new Client(inst.origin, { connect: { timeout: timeoutMs }, pipelining: 1, keepAliveTimeout: 60_000 });
+      client = new Client(inst.origin, { connect: { timeout: timeoutMs, ...(this.ca === undefined ? undefined : { ca: this.ca }) }, pipelining: 1, keepAliveTimeout: 60_000 });
       this.clients.set(inst, client);
     }
     let passed = false;

@@ -50,6 +50,8 @@ export class Instance {
   constructor(
     readonly origin: string,
     weight: number,
+    /** CAs for https:// instances (UPSTREAM_CA_FILE); undefined: the system's. */
+    private readonly ca?: Buffer,
   ) {
     this.weight = weight;
     this.hash = hashString(origin);
@@ -68,7 +70,7 @@ export class Instance {
       pool = new Pool(this.origin, {
         connections: settings.maxConnections,
         pipelining: 1,
-        connect: { timeout: settings.connectTimeoutMs },
+        connect: this.ca === undefined ? { timeout: settings.connectTimeoutMs } : { timeout: settings.connectTimeoutMs, ca: this.ca },
         keepAliveTimeout: 30_000,
         keepAliveMaxTimeout: 600_000,
         // The gateway keeps the response deadline itself (forward.ts); these are only a ceiling.

@@ -32,6 +32,8 @@ export class UpstreamRegistry {
   constructor(
     private readonly logger: Logger,
     private readonly resolve: Resolve = systemResolve,
+    /** CAs for https:// instances (UPSTREAM_CA_FILE); undefined: the system's. */
+    private readonly ca?: Buffer,
   ) {}
 
   /** The live services, in the order the config named them. */
@@ -49,12 +51,12 @@ export class UpstreamRegistry {
         services.set(name, running.service);
         continue;
       }
-      const service = new UpstreamService(name, this.logger);
+      const service = new UpstreamService(name, this.logger, this.ca);
       service.configure(config);
       const discovery = config.discovery ? new DnsDiscovery(service, config.discovery, this.resolve, this.logger) : null;
       if (discovery !== null) firstResolutions.push(discovery.refresh());
       services.set(name, service);
-      fresh.set(name, { service, checker: new HealthChecker(service), discovery });
+      fresh.set(name, { service, checker: new HealthChecker(service, this.ca), discovery });
     }
     await withDeadline(Promise.all(firstResolutions), FIRST_RESOLUTION_MS);
     return { services, configs, fresh };

@@ -52,6 +52,8 @@ export class UpstreamService {
   constructor(
     readonly name: string,
     private readonly logger: Logger,
+    /** CAs for https:// instances (UPSTREAM_CA_FILE). */
+    private readonly ca?: Buffer,
   ) {}
 
   configure(config: ServiceConfig): void {
@@ -82,7 +84,7 @@ export class UpstreamService {
       if (next.some((i) => i.origin === spec.origin)) continue;
       let inst = known.get(spec.origin);
       if (inst === undefined) {
-        inst = new Instance(spec.origin, spec.weight);
+        inst = new Instance(spec.origin, spec.weight, this.ca);
         added.push(spec.origin);
       } else {
         known.delete(spec.origin);
