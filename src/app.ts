@@ -1,3 +1,4 @@
+import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createSecureServer, type Http2Session } from 'node:http2';
@@ -40,6 +41,7 @@ import { UpstreamPools } from './upstream/pools.js';
 import { UpstreamRegistry } from './upstream/registry.js';
 import { CertificateWatcher, MIN_TLS_VERSION, readTlsMaterial } from './tls.js';
 import { VERSION } from './version.js';
+import { workerMetrics } from './workers.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -116,7 +118,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
   if (subscriber !== null) accessControl.listen(subscriber);
-  const metrics = env.ENABLE_METRICS ? new Metrics(() => upstreams.list()) : null;
+  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list()) : null;
   const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
@@ -426,6 +428,15 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 }
 
 const EXCHANGE = Symbol('exchange');
+
+/** In a worker of WORKERS > 1, /metrics shows every worker's numbers, merged by the primary. */
+function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>): Metrics {
+  if (!cluster.isWorker) return new Metrics(upstreams);
+  let fetchMerged: (() => Promise<string>) | null = null;
+  const metrics = new Metrics(upstreams, () => fetchMerged!());
+  fetchMerged = workerMetrics(metrics.registry);
+  return metrics;
+}
 
 /** A header list whose Content-Length is that of the body the gateway sends (auth flows re-serialise it). */
 function withLength(headers: string[], length: number): string[] {

@@ -1,4 +1,7 @@
-import { ConfigError } from './config/load.js';
+import cluster from 'node:cluster';
+import { ConfigError, loadConfig } from './config/load.js';
+import { createLoggers } from './observability/logger.js';
+import { runPrimary } from './workers.js';
 import { startGateway } from './start.js';
 
 /**
@@ -7,6 +10,23 @@ import { startGateway } from './start.js';
  * finish (up to SHUTDOWN_TIMEOUT_MS) and exit 0.
  */
 async function main(): Promise<void> {
+  if (cluster.isPrimary) {
+    // Checked once here, so that a bad config stops the process before any worker starts.
+    let config;
+    try {
+      config = await loadConfig(process.env);
+    } catch (err) {
+      if (err instanceof ConfigError) {
+        process.stderr.write(`api-gateway: ${err.message}\n`);
+        process.exit(1);
+      }
+      throw err;
+    }
+    if (config.env.WORKERS > 1) {
+      runPrimary(config.env.WORKERS, config.env.SHUTDOWN_TIMEOUT_MS, createLoggers(config.env.LOG_LEVEL).log);
+      return;
+    }
+  }
   let running;
   try {
     running = await startGateway(process.env);
@@ -38,6 +58,8 @@ async function main(): Promise<void> {
         logger.info('stopped');
         logger.flush();
         process.exitCode = 0;
+        // A worker's channel to the primary would keep it alive: closing it lets the process end.
+        if (cluster.isWorker) cluster.worker?.disconnect();
       })
       .catch((err: unknown) => {
         logger.error({ err }, 'shutdown failed');

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { BlockList, isIP } from 'node:net';
 import { z } from 'zod';
 
@@ -125,6 +126,14 @@ export const envSchema = z
     CLIENT_HEADERS_TIMEOUT_MS: int(100, 600_000, 'milliseconds a client has to send its headers').default(10_000),
     CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000, 'milliseconds a client has to send its whole request, 0 = none').default(300_000),
     KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000, 'milliseconds an idle client connection stays open').default(65_000),
+    /** Worker processes on one host (outside Kubernetes): a number, or `auto` for one per available core. */
+    WORKERS: z
+      .string()
+      .trim()
+      .toLowerCase()
+      .refine((v) => v === 'auto' || (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 256), 'must be a number of worker processes from 1 to 256, or auto (one per core)')
+      .transform((v) => (v === 'auto' ? Math.max(1, availableParallelism()) : Number(v)))
+      .default(1),
     SHUTDOWN_TIMEOUT_MS: int(0, 600_000, 'milliseconds in-flight requests get to finish on SIGTERM').default(25_000),
     LOG_SLOW_REQUEST_MS: int(1, 600_000, 'milliseconds above which a request is logged at WARN').default(500),
     HEALTH_CACHE_MS: int(0, 60_000, 'milliseconds a health result is reused').default(2_000),

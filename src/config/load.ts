@@ -111,6 +111,11 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
       'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas',
     ]);
   }
+  if (env.WORKERS > 1 && !env.REDIS_URL) {
+    throw new ConfigError([
+      `WORKERS: ${env.WORKERS} worker processes need REDIS_URL, so that limits, revocations and sessions are shared by all of them; set REDIS_URL or WORKERS=1`,
+    ]);
+  }
   if (env.NODE_ENV === 'production' && !env.TLS_CERT_FILE && !env.TLS_TERMINATED_BY_PROXY) {
     throw new ConfigError([
       'TLS_CERT_FILE: is required when NODE_ENV=production (the spec requires TLS); set TLS_CERT_FILE and TLS_KEY_FILE, or TLS_TERMINATED_BY_PROXY=true when a load balancer in front of the gateway ends TLS',

@@ -1,5 +1,5 @@
 import { collectDefaultMetrics, Counter, Registry } from 'prom-client';
-import { LATENCY_BUCKETS } from '../upstream/instance.js';
+import { LATENCY_BUCKETS, type Instance } from '../upstream/instance.js';
 import type { UpstreamService } from '../upstream/service.js';
 
 /** Methods the gateway routes; anything else shares one label value, so labels stay bounded. */
@@ -11,9 +11,38 @@ const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
 /** The label value for requests that matched no route: raw paths would make series unbounded. */
 export const UNMATCHED_PATH = 'unmatched';
 
-/** Prometheus label value escaping: backslash, double quote and newline. */
-function labelValue(v: string): string {
-  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+type Labels = Record<string, string | number>;
+interface Value {
+  labels: Labels;
+  value: number;
+  metricName?: string;
+}
+
+/**
+ * A metric the registry reads at scrape time from the gateway's own plain counters. The
+ * aggregator tells prom-client how to merge the workers' values when WORKERS > 1.
+ */
+function scraped(name: string, help: string, type: 'counter' | 'gauge' | 'histogram', aggregator: 'sum' | 'min', collect: () => Value[]) {
+  return {
+    name,
+    help,
+    type,
+    aggregator,
+    get: async () => ({ name, help, type, aggregator, values: collect() }),
+    reset: () => undefined,
+  };
+}
+
+/** Cumulative bucket, sum and count values of one histogram series. */
+function histogramValues(out: Value[], name: string, labels: Labels, bounds: readonly number[], buckets: Float64Array, count: number, sum: number): void {
+  let cumulative = 0;
+  for (let i = 0; i < bounds.length; i++) {
+    cumulative += buckets[i]!;
+    out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: bounds[i]! }, value: cumulative });
+  }
+  out.push({ metricName: `${name}_bucket`, labels: { ...labels, le: '+Inf' }, value: count });
+  out.push({ metricName: `${name}_sum`, labels, value: sum });
+  out.push({ metricName: `${name}_count`, labels, value: count });
 }
 
 /** One `method, path, status` series of the request histogram and counter. */
@@ -21,16 +50,18 @@ class RequestSeries {
   readonly buckets = new Float64Array(DURATION_BUCKETS.length);
   count = 0;
   sum = 0;
-  constructor(readonly labels: string) {}
+  constructor(readonly labels: Labels) {}
 }
 
 /**
  * The spec's Prometheus metrics, with exactly its names and labels. `path` is always a route
  * template (or `unmatched`), never a raw path, user id or request id.
  *
- * The two per-request metrics are kept here as plain numbers and rendered at scrape time: the
+ * The two per-request metrics are kept here as plain numbers and read at scrape time: the
  * client library re-validates and re-hashes the labels on every observation, which cost more
- * than the rest of the metrics work together. The others go through the library's registry.
+ * than the rest of the metrics work together. The upstream metrics are read from the live
+ * services the same way. Everything is registered in one registry, so that the workers'
+ * registries can be merged when the gateway runs several (src/workers.ts).
  */
 export class Metrics {
   readonly registry = new Registry();
@@ -40,7 +71,21 @@ export class Metrics {
   /** By `method path status`: bounded by routes x methods x statuses. */
   private readonly series = new Map<string, RequestSeries>();
 
-  constructor(private readonly upstreams: () => readonly UpstreamService[] = () => []) {
+  constructor(
+    private readonly upstreams: () => readonly UpstreamService[] = () => [],
+    /** With WORKERS > 1: the merged metrics of every worker, from the primary process. */
+    private readonly clusterExposition: (() => Promise<string>) | null = null,
+  ) {
+    this.registry.registerMetric(
+      scraped('api_gateway_request_duration_seconds', 'Request duration in seconds', 'histogram', 'sum', () => {
+        const out: Value[] = [];
+        for (const s of this.series.values()) histogramValues(out, 'api_gateway_request_duration_seconds', s.labels, DURATION_BUCKETS, s.buckets, s.count, s.sum);
+        return out;
+      }) as never,
+    );
+    this.registry.registerMetric(
+      scraped('api_gateway_requests_total', 'Total requests processed', 'counter', 'sum', () => [...this.series.values()].map((s) => ({ labels: s.labels, value: s.count }))) as never,
+    );
     this.authFailures = new Counter({
       name: 'api_gateway_auth_failures_total',
       help: 'Authentication failures',
@@ -58,6 +103,7 @@ export class Metrics {
       labelNames: ['result'],
       registers: [this.registry],
     });
+    this.registerUpstreamMetrics();
     collectDefaultMetrics({ register: this.registry });
   }
 
@@ -66,7 +112,7 @@ export class Metrics {
     const key = `${m} ${path} ${status}`;
     let series = this.series.get(key);
     if (series === undefined) {
-      series = new RequestSeries(`method="${m}",path="${labelValue(path)}",status="${status}"`);
+      series = new RequestSeries({ method: m, path, status });
       this.series.set(key, series);
     }
     series.count++;
@@ -96,62 +142,52 @@ export class Metrics {
    * instance origin, so bounded by the instances in the config (an instance that leaves takes
    * its series with it).
    */
-  private renderUpstreams(): string {
-    const now = performance.now();
-    const out = new Map<string, { help: string; type: string; lines: string[] }>();
-    const add = (name: string, type: string, help: string, line: string) => {
-      let metric = out.get(name);
-      if (metric === undefined) out.set(name, (metric = { help, type, lines: [] }));
-      metric.lines.push(line);
-    };
-    for (const svc of this.upstreams()) {
-      const s = `service="${labelValue(svc.name)}"`;
-      add('api_gateway_upstream_retries_total', 'counter', 'Retries of idempotent requests on another instance', `api_gateway_upstream_retries_total{${s}} ${svc.retries}`);
-      add('api_gateway_upstream_retries_refused_total', 'counter', 'Retries the retry budget refused', `api_gateway_upstream_retries_refused_total{${s}} ${svc.retriesRefused}`);
-      add('api_gateway_upstream_overflow_total', 'counter', 'Requests refused with 503 by the circuit breaker', `api_gateway_upstream_overflow_total{${s}} ${svc.overflows}`);
-      add('api_gateway_upstream_unavailable_total', 'counter', 'Requests refused with 502 because no instance was healthy', `api_gateway_upstream_unavailable_total{${s}} ${svc.unavailable}`);
-      add('api_gateway_upstream_active_requests', 'gauge', 'Upstream requests in flight or queued', `api_gateway_upstream_active_requests{${s}} ${svc.active}`);
-      for (const inst of svc.instances) {
-        const l = `${s},instance="${labelValue(inst.origin)}"`;
-        add('api_gateway_upstream_requests_total', 'counter', 'Tries sent to each upstream instance', `api_gateway_upstream_requests_total{${l}} ${inst.requests}`);
-        for (const [kind, n] of Object.entries(inst.failures)) {
-          add('api_gateway_upstream_failures_total', 'counter', 'Failed tries by kind: connect, reset, timeout, status (5xx)', `api_gateway_upstream_failures_total{${l},kind="${kind}"} ${n}`);
+  private registerUpstreamMetrics(): void {
+    const perService = (name: string, help: string, type: 'counter' | 'gauge', read: (svc: UpstreamService) => number) =>
+      this.registry.registerMetric(scraped(name, help, type, 'sum', () => this.upstreams().map((svc) => ({ labels: { service: svc.name }, value: read(svc) }))) as never);
+    const perInstance = (name: string, help: string, type: 'counter' | 'gauge', aggregator: 'sum' | 'min', read: (inst: Instance, now: number) => Value[] | number) =>
+      this.registry.registerMetric(
+        scraped(name, help, type, aggregator, () => {
+          const now = performance.now();
+          const out: Value[] = [];
+          for (const svc of this.upstreams()) {
+            for (const inst of svc.instances) {
+              const labels = { service: svc.name, instance: inst.origin };
+              const v = read(inst, now);
+              if (typeof v === 'number') out.push({ labels, value: v });
+              else for (const one of v) out.push({ labels: { ...labels, ...one.labels }, value: one.value });
+            }
+          }
+          return out;
+        }) as never,
+      );
+    perService('api_gateway_upstream_retries_total', 'Retries of idempotent requests on another instance', 'counter', (s) => s.retries);
+    perService('api_gateway_upstream_retries_refused_total', 'Retries the retry budget refused', 'counter', (s) => s.retriesRefused);
+    perService('api_gateway_upstream_overflow_total', 'Requests refused with 503 by the circuit breaker', 'counter', (s) => s.overflows);
+    perService('api_gateway_upstream_unavailable_total', 'Requests refused with 502 because no instance was healthy', 'counter', (s) => s.unavailable);
+    perService('api_gateway_upstream_active_requests', 'Upstream requests in flight or queued', 'gauge', (s) => s.active);
+    perInstance('api_gateway_upstream_requests_total', 'Tries sent to each upstream instance', 'counter', 'sum', (i) => i.requests);
+    perInstance('api_gateway_upstream_failures_total', 'Failed tries by kind: connect, reset, timeout, status (5xx)', 'counter', 'sum', (i) =>
+      Object.entries(i.failures).map(([kind, value]) => ({ labels: { kind }, value })),
+    );
+    // Each worker checks on its own; an instance is in rotation for the gateway when it is for every worker.
+    perInstance('api_gateway_upstream_healthy', '1 while the instance is in rotation (passing health checks, not ejected)', 'gauge', 'min', (i, now) => (i.unavailable(now) ? 0 : 1));
+    perInstance('api_gateway_upstream_ejections_total', 'Ejections by passive outlier detection', 'counter', 'sum', (i) => i.ejections);
+    this.registry.registerMetric(
+      scraped('api_gateway_upstream_response_seconds', 'Time from sending a try to the response head', 'histogram', 'sum', () => {
+        const out: Value[] = [];
+        for (const svc of this.upstreams()) {
+          for (const inst of svc.instances) {
+            histogramValues(out, 'api_gateway_upstream_response_seconds', { service: svc.name, instance: inst.origin }, LATENCY_BUCKETS, inst.latencyBuckets, inst.latencyCount, inst.latencySum);
+          }
         }
-        add('api_gateway_upstream_healthy', 'gauge', '1 while the instance is in rotation (passing health checks, not ejected)', `api_gateway_upstream_healthy{${l}} ${inst.unavailable(now) ? 0 : 1}`);
-        add('api_gateway_upstream_ejections_total', 'counter', 'Ejections by passive outlier detection', `api_gateway_upstream_ejections_total{${l}} ${inst.ejections}`);
-        let cumulative = 0;
-        for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
-          cumulative += inst.latencyBuckets[i]!;
-          add('api_gateway_upstream_response_seconds', 'histogram', 'Time from sending a try to the response head', `api_gateway_upstream_response_seconds_bucket{${l},le="${LATENCY_BUCKETS[i]}"} ${cumulative}`);
-        }
-        add('api_gateway_upstream_response_seconds', 'histogram', '', `api_gateway_upstream_response_seconds_bucket{${l},le="+Inf"} ${inst.latencyCount}`);
-        add('api_gateway_upstream_response_seconds', 'histogram', '', `api_gateway_upstream_response_seconds_sum{${l}} ${inst.latencySum}`);
-        add('api_gateway_upstream_response_seconds', 'histogram', '', `api_gateway_upstream_response_seconds_count{${l}} ${inst.latencyCount}`);
-      }
-    }
-    let text = '';
-    for (const [name, { help, type, lines }] of out) text += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${lines.join('\n')}\n\n`;
-    return text;
-  }
-
-  private renderRequests(): string {
-    const hist = ['# HELP api_gateway_request_duration_seconds Request duration in seconds', '# TYPE api_gateway_request_duration_seconds histogram'];
-    const total = ['# HELP api_gateway_requests_total Total requests processed', '# TYPE api_gateway_requests_total counter'];
-    for (const s of this.series.values()) {
-      let cumulative = 0;
-      for (let i = 0; i < DURATION_BUCKETS.length; i++) {
-        cumulative += s.buckets[i]!;
-        hist.push(`api_gateway_request_duration_seconds_bucket{${s.labels},le="${DURATION_BUCKETS[i]}"} ${cumulative}`);
-      }
-      hist.push(`api_gateway_request_duration_seconds_bucket{${s.labels},le="+Inf"} ${s.count}`);
-      hist.push(`api_gateway_request_duration_seconds_sum{${s.labels}} ${s.sum}`);
-      hist.push(`api_gateway_request_duration_seconds_count{${s.labels}} ${s.count}`);
-      total.push(`api_gateway_requests_total{${s.labels}} ${s.count}`);
-    }
-    return `${hist.join('\n')}\n\n${total.join('\n')}\n`;
+        return out;
+      }) as never,
+    );
   }
 
   async exposition(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: `${this.renderRequests()}\n${this.renderUpstreams()}${await this.registry.metrics()}` };
+    const body = this.clusterExposition !== null ? await this.clusterExposition() : await this.registry.metrics();
+    return { contentType: this.registry.contentType, body };
   }
 }

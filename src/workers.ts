@@ -1,0 +1,106 @@
+import cluster, { type Worker } from 'node:cluster';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import type { Logger } from './observability/logger.js';
+
+const METRICS_REQUEST = 'api-gateway:metrics-request';
+const METRICS_RESPONSE = 'api-gateway:metrics-response';
+const METRICS_TIMEOUT_MS = 5_000;
+const RESTART_DELAY_MS = 1_000;
+
+interface MetricsMessage {
+  type: string;
+  id: number;
+  body?: string;
+  error?: string;
+}
+
+/**
+ * The primary process of WORKERS > 1: forks the workers (each a whole gateway on the shared
+ * port; the kernel hands connections round robin), restarts one that dies, passes SIGHUP on,
+ * and on SIGTERM lets every worker drain before it exits. Limits and revocations hold across
+ * workers because they live in Redis (config/load.ts requires REDIS_URL), as across replicas.
+ * It also merges the workers' metrics, so that /metrics on any worker shows the whole gateway.
+ */
+export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Logger): void {
+  const aggregator = new AggregatorRegistry();
+  let stopping = false;
+
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    worker.on('message', (message: MetricsMessage) => {
+      if (message?.type !== METRICS_REQUEST) return;
+      aggregator
+        .clusterMetrics()
+        .then((body) => worker.send({ type: METRICS_RESPONSE, id: message.id, body }))
+        .catch((err: unknown) => worker.send({ type: METRICS_RESPONSE, id: message.id, error: (err as Error).message }));
+    });
+    return worker;
+  };
+
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) {
+      if (Object.keys(cluster.workers ?? {}).length === 0) {
+        logger.info('all workers stopped');
+        logger.flush();
+        process.exit(0);
+      }
+      return;
+    }
+    logger.error({ worker_pid: worker.process.pid, code, signal }, 'worker exited; starting another');
+    setTimeout(() => !stopping && fork(), RESTART_DELAY_MS).unref();
+  });
+
+  for (let i = 0; i < count; i++) fork();
+  logger.info({ workers: count }, 'started worker processes');
+
+  const each = (signal: NodeJS.Signals) => {
+    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
+  };
+  process.on('SIGHUP', () => each('SIGHUP'));
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping the workers');
+    each('SIGTERM');
+    const deadline = setTimeout(() => {
+      logger.error('workers did not stop before SHUTDOWN_TIMEOUT_MS');
+      each('SIGKILL');
+      logger.flush();
+      process.exit(1);
+    }, shutdownTimeoutMs + 2_000);
+    deadline.unref();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/**
+ * In a worker: answers the primary's requests for this worker's metrics, and returns the
+ * function that asks the primary for every worker's, merged.
+ */
+export function workerMetrics(registry: Registry): () => Promise<string> {
+  AggregatorRegistry.setRegistries([registry]);
+  // Constructing it installs prom-client's listener for the primary's collection requests.
+  new AggregatorRegistry();
+  let next = 0;
+  const pending = new Map<number, { resolve: (body: string) => void; reject: (err: Error) => void; timer: NodeJS.Timeout }>();
+  process.on('message', (message: MetricsMessage) => {
+    if (message?.type !== METRICS_RESPONSE) return;
+    const waiting = pending.get(message.id);
+    if (waiting === undefined) return;
+    pending.delete(message.id);
+    clearTimeout(waiting.timer);
+    if (message.error !== undefined) waiting.reject(new Error(message.error));
+    else waiting.resolve(message.body ?? '');
+  });
+  return () =>
+    new Promise<string>((resolve, reject) => {
+      const id = ++next;
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error('the primary process did not answer with the merged metrics'));
+      }, METRICS_TIMEOUT_MS);
+      pending.set(id, { resolve, reject, timer });
+      process.send!({ type: METRICS_REQUEST, id });
+    });
+}
