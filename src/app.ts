@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createSecureServer, type Http2Session } from 'node:http2';
@@ -6,6 +7,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { AuditTrail } from './audit/audit-trail.js';
 import { JwtVerifier } from './auth/jwt.js';
 import { compileConfig, type CompiledConfig } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
@@ -61,6 +63,8 @@ export interface Gateway {
 
 export async function buildGateway(config: GatewayConfig, { log: logger, access }: Loggers): Promise<Gateway> {
   const { env } = config;
+  // Everything that can refuse the config is read before anything is opened or started.
+  const tlsMaterial = env.TLS_CERT_FILE ? await readTlsMaterial(env.TLS_CERT_FILE, env.TLS_KEY_FILE!) : null;
   const pools = new UpstreamPools();
   const upstreamCa = env.UPSTREAM_CA_FILE === undefined ? undefined : await readFile(env.UPSTREAM_CA_FILE).catch((err: NodeJS.ErrnoException) => {
     throw new ConfigError([`UPSTREAM_CA_FILE: cannot read "${env.UPSTREAM_CA_FILE}" (${err.code ?? 'error'})`]);
@@ -118,7 +122,21 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = env.REDIS_URL ? createRedisClient(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger) : null;
   if (subscriber !== null) accessControl.listen(subscriber);
-  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list()) : null;
+  const audit = env.AUDIT_ENABLED
+    ? await AuditTrail.open(
+        {
+          serviceUrl: env.AUDIT_SERVICE_URL,
+          // Each worker of WORKERS > 1 keeps a spool of its own, by slot, so a restarted worker takes over its predecessor's.
+          spoolDir: cluster.isWorker ? join(env.AUDIT_SPOOL_DIR, `worker-${process.env.GATEWAY_WORKER_SLOT ?? cluster.worker!.id}`) : env.AUDIT_SPOOL_DIR,
+          spoolMaxBytes: env.AUDIT_SPOOL_MAX_MB * 1024 * 1024,
+          requestTimeoutMs: env.AUDIT_REQUEST_TIMEOUT_MS,
+        },
+        logger,
+      ).catch((err: unknown) => {
+        throw new ConfigError([`AUDIT_SPOOL_DIR: cannot use "${env.AUDIT_SPOOL_DIR}" (${(err as Error).message}); point it at a writable folder of this gateway's own`]);
+      })
+    : null;
+  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit) : null;
   const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
@@ -147,6 +165,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
     isShuttingDown: () => shuttingDown,
     services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
+    audit: () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes }),
     onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
   });
 
@@ -155,7 +174,6 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
    * walks the request path below directly, without the framework's per-request machinery.
    */
   const serverOptions = { maxHeaderSize: env.MAX_HEADER_BYTES, requireHostHeader: false };
-  const tlsMaterial = env.TLS_CERT_FILE ? await readTlsMaterial(env.TLS_CERT_FILE, env.TLS_KEY_FILE!) : null;
   const hsts = tlsMaterial !== null && env.HSTS_MAX_AGE_SECONDS > 0 ? `max-age=${env.HSTS_MAX_AGE_SECONDS}; includeSubDomains` : null;
   const hstsHeader: readonly string[] | null = hsts === null ? null : Object.freeze(['strict-transport-security', hsts]);
   let tlsServer: TlsServer | null = null;
@@ -187,6 +205,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
         h2.on('session', (session: Http2Session) => {
           sessions.add(session);
           session.once('close', () => sessions.delete(session));
+          // An idle session ends like an idle HTTP/1.1 keep-alive connection: gracefully (GOAWAY).
+          session.setTimeout(env.KEEP_ALIVE_TIMEOUT_MS, () => session.close());
         });
         tlsServer = h2;
         server = h2 as unknown as HttpServer;
@@ -241,6 +261,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const ms = performance.now() - ex.startedAt;
     const status = res.writableFinished ? res.statusCode : 499;
     accessLog.write(ex, req, status, ms, label.startsWith('/health'));
+    if (audit !== null && ex.route !== null && ex.route.auth === 'required' && !ex.preflight) audit.record(ex, req.method!, status);
     metrics?.request(req.method!, label, status, ms / 1000);
     // close() ends only the connections idle at that moment; a keep-alive connection whose
     // request was in flight becomes idle now, and must not hold the shutdown open.
@@ -343,6 +364,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const match = compiled.router.match(method, path, req.headers, announced);
     if (match.kind === 'not-found') return answer(res, ex, 'GW_ROUTE_NOT_FOUND', 'no route matches this path', { vary: PREFLIGHT_VARY });
     ex.route = match.kind === 'found' ? match.route : null;
+    ex.preflight = true;
     const verdict =
       match.kind === 'method-not-allowed' ? { ok: false as const, detail: `this route accepts ${match.allow}` } : preflight(match.route.cors, origin, method, req.headers);
     if (!verdict.ok) return answer(res, ex, 'GW_CORS_REJECTED', `preflight refused: ${verdict.detail}`, { vary: PREFLIGHT_VARY });
@@ -377,6 +399,10 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       return refuse(res, ex, limited);
     }
     const route = ex.route!;
+    // PHI is never served unaudited: with the spool full or unwritable the answer is 503.
+    if (route.phi && audit !== null && !audit.accepting) {
+      return answer(res, ex, 'GW_AUDIT_UNAVAILABLE', 'the audit trail cannot record this request; PHI is not served unaudited', { 'retry-after': '30' });
+    }
     if (route.action === null) return forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, null);
     flows
       .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, withLength(upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), body.length), onForwarded, body))
@@ -418,7 +444,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       for (const session of sessions) session.close();
       await app.close();
       accessLog.flush();
-      await Promise.all([pools.close(), upstreams.close()]);
+      await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS)]);
       health.stop();
       local.close();
       redis?.disconnect();
@@ -429,11 +455,14 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 
 const EXCHANGE = Symbol('exchange');
 
+/** At shutdown, how long the audit backlog may take to reach the audit service before the spool keeps it. */
+const AUDIT_DRAIN_MS = 2_000;
+
 /** In a worker of WORKERS > 1, /metrics shows every worker's numbers, merged by the primary. */
-function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>): Metrics {
-  if (!cluster.isWorker) return new Metrics(upstreams);
+function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>, audit: AuditTrail | null): Metrics {
+  if (!cluster.isWorker) return new Metrics(upstreams, null, audit);
   let fetchMerged: (() => Promise<string>) | null = null;
-  const metrics = new Metrics(upstreams, () => fetchMerged!());
+  const metrics = new Metrics(upstreams, () => fetchMerged!(), audit);
   fetchMerged = workerMetrics(metrics.registry);
   return metrics;
 }

@@ -34,6 +34,7 @@ export const ERRORS = {
   GW_SHUTTING_DOWN: { status: 503, title: 'Service Unavailable' },
   GW_DEPENDENCY_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   GW_AUTH_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
+  GW_AUDIT_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   GW_UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
   GW_UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
 } as const satisfies Record<string, { status: number; title: string }>;

@@ -22,10 +22,16 @@ export async function startGateway(source: NodeJS.ProcessEnv, logDestination?: D
     logger.warn('CORS_ALLOWED_ORIGINS is * in production; restrict it to known origins');
   }
   if (!env.TLS_CERT_FILE && env.NODE_ENV === 'production') {
-    logger.warn('TLS_CERT_FILE and TLS_KEY_FILE are not set; the spec requires TLS in production');
+    logger.warn('TLS ends at a proxy in front of the gateway (TLS_TERMINATED_BY_PROXY): traffic between it and the gateway is plain HTTP');
   }
   const gateway = await buildGateway(config, loggers);
-  await gateway.app.listen({ port: env.PORT, host: env.HOST });
+  try {
+    await gateway.app.listen({ port: env.PORT, host: env.HOST });
+  } catch (err) {
+    // Nothing it opened (the audit spool's lock, health checks, Redis) may outlive a failed start.
+    await gateway.close().catch(() => undefined);
+    throw err;
+  }
   const address = gateway.app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : env.PORT;
   logger.info({ version: VERSION, port, routes: config.routes.routes.length, routes_file: config.routesFile }, 'api-gateway listening');

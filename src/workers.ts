@@ -6,6 +6,9 @@ const METRICS_REQUEST = 'api-gateway:metrics-request';
 const METRICS_RESPONSE = 'api-gateway:metrics-response';
 const METRICS_TIMEOUT_MS = 5_000;
 const RESTART_DELAY_MS = 1_000;
+const MAX_RESTART_DELAY_MS = 30_000;
+/** A worker that dies sooner than this after its start counts as a failed start: the next waits longer. */
+const STABLE_AFTER_MS = 10_000;
 
 interface MetricsMessage {
   type: string;
@@ -24,9 +27,17 @@ interface MetricsMessage {
 export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Logger): void {
   const aggregator = new AggregatorRegistry();
   let stopping = false;
+  /** A worker that had to cut requests (or was killed) while stopping makes the whole exit 1. */
+  let cleanStop = true;
+  const startedAt = new Map<number, number>();
+  const delays = new Map<number, number>();
 
-  const fork = (): Worker => {
-    const worker = cluster.fork();
+  const slots = new Map<Worker, number>();
+  /** A worker's slot names its audit spool: the worker that replaces it takes the same one over. */
+  const fork = (slot: number): Worker => {
+    const worker = cluster.fork({ GATEWAY_WORKER_SLOT: String(slot) });
+    slots.set(worker, slot);
+    startedAt.set(slot, Date.now());
     worker.on('message', (message: MetricsMessage) => {
       if (message?.type !== METRICS_REQUEST) return;
       aggregator
@@ -39,18 +50,25 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
 
   cluster.on('exit', (worker, code, signal) => {
     if (stopping) {
+      if (code !== 0 || signal !== null) cleanStop = false;
       if (Object.keys(cluster.workers ?? {}).length === 0) {
-        logger.info('all workers stopped');
+        logger.info({ clean: cleanStop }, 'all workers stopped');
         logger.flush();
-        process.exit(0);
+        process.exit(cleanStop ? 0 : 1);
       }
       return;
     }
-    logger.error({ worker_pid: worker.process.pid, code, signal }, 'worker exited; starting another');
-    setTimeout(() => !stopping && fork(), RESTART_DELAY_MS).unref();
+    const slot = slots.get(worker) ?? 0;
+    slots.delete(worker);
+    // A worker that cannot start (a routes file edited into an error, say) is retried ever more slowly.
+    const quick = Date.now() - (startedAt.get(slot) ?? 0) < STABLE_AFTER_MS;
+    const delay = quick ? Math.min((delays.get(slot) ?? RESTART_DELAY_MS / 2) * 2, MAX_RESTART_DELAY_MS) : RESTART_DELAY_MS;
+    delays.set(slot, delay);
+    logger.error({ worker_pid: worker.process.pid, code, signal, slot, restart_in_ms: delay }, 'worker exited; starting another');
+    setTimeout(() => !stopping && fork(slot), delay).unref();
   });
 
-  for (let i = 0; i < count; i++) fork();
+  for (let i = 0; i < count; i++) fork(i);
   logger.info({ workers: count }, 'started worker processes');
 
   const each = (signal: NodeJS.Signals) => {

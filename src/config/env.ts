@@ -126,6 +126,11 @@ export const envSchema = z
     CLIENT_HEADERS_TIMEOUT_MS: int(100, 600_000, 'milliseconds a client has to send its headers').default(10_000),
     CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000, 'milliseconds a client has to send its whole request, 0 = none').default(300_000),
     KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000, 'milliseconds an idle client connection stays open').default(65_000),
+    /** Audit events of authenticated routes, spooled on disk and delivered to AUDIT_SERVICE_URL. */
+    AUDIT_ENABLED: bool.default(true),
+    AUDIT_SPOOL_DIR: z.string().trim().min(1).default('var/audit-spool'),
+    AUDIT_SPOOL_MAX_MB: int(1, 1_048_576, 'MiB of undelivered audit events kept on disk; past it PHI routes answer 503').default(1024),
+    AUDIT_REQUEST_TIMEOUT_MS: int(100, 60_000, 'milliseconds a delivery to the audit service may take').default(5_000),
     /** Worker processes on one host (outside Kubernetes): a number, or `auto` for one per available core. */
     WORKERS: z
       .string()

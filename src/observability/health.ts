@@ -11,6 +11,8 @@ export interface HealthReport {
   version: string;
   timestamp: string;
   dependencies: Record<string, Status>;
+  /** The audit trail: degraded while its service is unreachable (events wait on disk), unhealthy when events cannot be kept. */
+  audit?: { status: Status; detail: string };
   /** Each upstream service: instances in rotation out of all. */
   services: Record<string, { status: Status; healthy: number; total: number }>;
   checks: Record<string, { status: Status; detail: string }>;
@@ -31,6 +33,8 @@ export interface HealthDeps {
   isShuttingDown: () => boolean;
   /** The upstream services and how many of their instances are in rotation. */
   services: () => Array<{ name: string; healthy: number; total: number }>;
+  /** The audit trail's state; null when auditing is off. */
+  audit: () => { problem: string | null; failing: boolean; backlogBytes: number } | null;
   /** Told when the overall status changes, with the reasons. */
   onChange?: (status: Status, checks: HealthReport['checks']) => void;
 }
@@ -124,9 +128,18 @@ export class HealthMonitor {
     for (const { name, healthy, total } of this.deps.services()) {
       services[name] = { status: healthy === total ? 'healthy' : healthy === 0 ? 'unhealthy' : 'degraded', healthy, total };
     }
+    const auditState = this.deps.audit();
+    const audit: HealthReport['audit'] =
+      auditState === null
+        ? undefined
+        : auditState.problem !== null
+          ? { status: 'unhealthy', detail: auditState.problem }
+          : auditState.failing
+            ? { status: 'degraded', detail: `the audit service is unreachable; ${auditState.backlogBytes} bytes of events wait in the spool` }
+            : { status: 'healthy', detail: 'events delivered' };
     // A dependency or service outage is degraded service, never a reason to pull every replica at once.
     const status = worst([
-      ...[...Object.values(dependencies), ...Object.values(services).map((s) => s.status)].map((s): Status => (s === 'healthy' ? s : 'degraded')),
+      ...[...Object.values(dependencies), ...Object.values(services).map((s) => s.status), ...(audit ? [audit.status] : [])].map((s): Status => (s === 'healthy' ? s : 'degraded')),
       memory.status,
       eventLoop.status,
       shutdown.status,
@@ -137,6 +150,7 @@ export class HealthMonitor {
       version: this.deps.version,
       timestamp: new Date().toISOString(),
       dependencies,
+      ...(audit ? { audit } : undefined),
       services,
       checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
     };

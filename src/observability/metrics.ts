@@ -1,6 +1,7 @@
 import { collectDefaultMetrics, Counter, Registry } from 'prom-client';
 import { LATENCY_BUCKETS, type Instance } from '../upstream/instance.js';
 import type { UpstreamService } from '../upstream/service.js';
+import type { AuditTrail } from '../audit/audit-trail.js';
 
 /** Methods the gateway routes; anything else shares one label value, so labels stay bounded. */
 const KNOWN_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
@@ -75,7 +76,9 @@ export class Metrics {
     private readonly upstreams: () => readonly UpstreamService[] = () => [],
     /** With WORKERS > 1: the merged metrics of every worker, from the primary process. */
     private readonly clusterExposition: (() => Promise<string>) | null = null,
+    audit: AuditTrail | null = null,
   ) {
+    if (audit !== null) this.registerAuditMetrics(audit);
     this.registry.registerMetric(
       scraped('api_gateway_request_duration_seconds', 'Request duration in seconds', 'histogram', 'sum', () => {
         const out: Value[] = [];
@@ -184,6 +187,15 @@ export class Metrics {
         return out;
       }) as never,
     );
+  }
+
+  private registerAuditMetrics(audit: AuditTrail): void {
+    const one = (name: string, help: string, type: 'counter' | 'gauge', read: () => number) =>
+      this.registry.registerMetric(scraped(name, help, type, 'sum', () => [{ labels: {}, value: read() }]) as never);
+    one('api_gateway_audit_events_delivered_total', 'Audit events the audit service accepted', 'counter', () => audit.delivered);
+    one('api_gateway_audit_events_dropped_total', 'Audit events that could not be kept (spool full or unwritable)', 'counter', () => audit.dropped);
+    one('api_gateway_audit_delivery_failures_total', 'Failed deliveries to the audit service (retried)', 'counter', () => audit.failures);
+    one('api_gateway_audit_spool_bytes', 'Bytes of audit events waiting in the spool', 'gauge', () => audit.backlogBytes);
   }
 
   async exposition(): Promise<{ contentType: string; body: string }> {

@@ -22,6 +22,8 @@ export class Exchange {
   upstreamStatus = 0;
   /** The instance that answered (or was tried last). */
   upstreamOrigin: string | null = null;
+  /** A CORS preflight the gateway answered itself: no audit event. */
+  preflight = false;
   /** Tries at other instances after the first. */
   retries = 0;
   /** The upstream call under way, told when the client's response closes. */

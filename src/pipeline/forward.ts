@@ -298,9 +298,13 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
   }
 }
 
-function hasBody(headers: IncomingMessage['headers']): boolean {
+function hasBody(req: IncomingMessage): boolean {
+  const headers = req.headers;
   const length = headers['content-length'];
-  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return true;
+  // HTTP/2 frames a body without either field: it has one unless the headers ended the stream.
+  if (req.httpVersionMajor === 2) return length === undefined && (req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders !== true;
+  return false;
 }
 
 function hashKey(service: UpstreamService, ex: Exchange, req: IncomingMessage): string | undefined {
@@ -327,7 +331,7 @@ export function forward(
   readBody: Buffer | null,
 ): void {
   let body: Body = readBody;
-  if (body === null && hasBody(req.headers)) {
+  if (body === null && hasBody(req)) {
     const length = req.headers['content-length'];
     if (length !== undefined && Number(length) > route.maxBodyBytes) {
       ex.errorCode = 'GW_BODY_TOO_LARGE';

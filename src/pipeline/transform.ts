@@ -14,6 +14,8 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'upgrade',
   'proxy-authorization',
   'proxy-authenticate',
+  // HTTP/2 refuses it in a message; it only ever belonged to an h2c upgrade.
+  'http2-settings',
   // Node has already answered 100-continue on the client hop, and undici refuses to send Expect.
   'expect',
 ]);

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import { request } from 'undici';
@@ -35,6 +37,8 @@ export type ProcessEnv = Record<string, string | undefined>;
  */
 export async function startGatewayProcess(routes: unknown, env: ProcessEnv = {}): Promise<GatewayProcess> {
   const written = routes === undefined ? null : await writeRoutesFile(routes);
+  // Every process keeps its audit spool in a folder of its own, removed with it.
+  const spoolDir = written?.dir ?? (await mkdtemp(join(tmpdir(), 'gw-spool-')));
   const port = await freePort();
   const merged: ProcessEnv = {
     PATH: process.env.PATH,
@@ -45,6 +49,7 @@ export async function startGatewayProcess(routes: unknown, env: ProcessEnv = {})
     // discard-port: the auth probe fails fast instead of resolving a cluster name
     AUTH_SERVICE_URL: 'http://127.0.0.1:9',
     LOG_LEVEL: 'WARN',
+    AUDIT_SPOOL_DIR: join(spoolDir, 'audit-spool'),
     ...(written ? { ROUTES_FILE: written.file } : {}),
     ...env,
   };
@@ -78,7 +83,7 @@ export async function startGatewayProcess(routes: unknown, env: ProcessEnv = {})
         stopped = true;
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
         await exited.catch(() => undefined);
-        if (written) await rm(written.dir, { recursive: true, force: true });
+        await rm(spoolDir, { recursive: true, force: true });
       }
     },
   };

@@ -86,7 +86,7 @@ describe('GET /health with real dependencies', () => {
   it('has the fields of the spec and the upstream services, no more', { timeout: 20_000 }, async () => {
     const h = await healthUntil(gw.url, 'healthy', allHealthy);
     assert.deepEqual(Object.keys(h.body.dependencies).sort(), ['auth-service', 'database']);
-    assert.deepEqual(Object.keys(h.body).sort(), ['dependencies', 'service', 'services', 'status', 'timestamp', 'version']);
+    assert.deepEqual(Object.keys(h.body).sort(), ['audit', 'dependencies', 'service', 'services', 'status', 'timestamp', 'version']);
     for (const svc of Object.values(h.body.services as Record<string, unknown>)) assert.deepEqual(Object.keys(svc as object).sort(), ['healthy', 'status', 'total']);
   });
 

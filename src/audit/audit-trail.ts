@@ -1,0 +1,183 @@
+import { randomUUID } from 'node:crypto';
+import { Pool } from 'undici';
+import type { Logger } from '../observability/logger.js';
+import type { Exchange } from '../pipeline/exchange.js';
+import { Spool } from './spool.js';
+
+const EVENTS_PATH = '/api/v1/audit/events';
+const BATCH = 500;
+const IDLE_WAIT_MS = 1_000;
+const FIRST_BACKOFF_MS = 200;
+const MAX_BACKOFF_MS = 30_000;
+
+export interface AuditOptions {
+  serviceUrl: string;
+  spoolDir: string;
+  spoolMaxBytes: number;
+  requestTimeoutMs: number;
+}
+
+/**
+ * The audit trail of every request to a route that needs authentication: who (user id, role),
+ * what (method, route template, status), when, from where (client IP), whether by break-glass,
+ * and the request id, with a unique event id. No PHI: no bodies, no query, no raw path (only
+ * the route template), no break-glass reason.
+ *
+ * Every event is written to the durable spool first and delivered from there, in order, in
+ * batches: an audit-service outage or a gateway restart delays delivery, never loses an event.
+ * Delivery is at-least-once; the audit service de-duplicates by `event_id`.
+ */
+export class AuditTrail {
+  // Counters, read by /metrics.
+  delivered = 0;
+  dropped = 0;
+  failures = 0;
+  /** True while the last delivery attempt failed. */
+  failing = false;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private readonly pool: Pool;
+  private readonly origin: string;
+  private sleepTimer: NodeJS.Timeout | null = null;
+  private wake: (() => void) | null = null;
+
+  private constructor(
+    private readonly spool: Spool,
+    private readonly options: AuditOptions,
+    private readonly logger: Logger,
+  ) {
+    this.origin = new URL(options.serviceUrl).origin;
+    this.pool = new Pool(this.origin, { connections: 2, connect: { timeout: options.requestTimeoutMs } });
+  }
+
+  static async open(options: AuditOptions, logger: Logger): Promise<AuditTrail> {
+    const spool = await Spool.open(options.spoolDir, options.spoolMaxBytes);
+    const trail = new AuditTrail(spool, options, logger);
+    if (spool.backlog > 0) logger.info({ backlog_bytes: spool.backlog }, 'audit events from an earlier run are waiting for delivery');
+    trail.loop = trail.deliver();
+    return trail;
+  }
+
+  /** False when the spool cannot take another event: PHI routes then refuse to serve (503). */
+  get accepting(): boolean {
+    return this.spool.accepting;
+  }
+
+  get backlogBytes(): number {
+    return this.spool.backlog;
+  }
+
+  /** Why events cannot be kept, for /health; null when they can. */
+  get problem(): string | null {
+    if (this.spool.failure !== null) return `the audit spool cannot be written (${(this.spool.failure as NodeJS.ErrnoException).code ?? this.spool.failure.message})`;
+    if (!this.spool.accepting) return 'the audit spool is full: PHI routes answer 503 until the audit service takes events again';
+    return null;
+  }
+
+  /** Records one finished exchange on an authenticated route. */
+  record(ex: Exchange, method: string, status: number): void {
+    const route = ex.route!;
+    const who = ex.identity;
+    const event = {
+      event_id: randomUUID(),
+      timestamp: new Date().toISOString(),
+      type: 'api_request',
+      request_id: ex.id,
+      user_id: who?.userId ?? null,
+      role: who?.role ?? null,
+      route: route.template,
+      route_name: route.name,
+      method,
+      status,
+      client_ip: ex.clientIp,
+      break_glass: ex.breakGlass !== null,
+      phi: route.phi,
+      service: 'api-gateway',
+    };
+    if (!this.spool.append(JSON.stringify(event))) {
+      this.dropped++;
+      if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
+    }
+  }
+
+  /** Stops delivering after writing out what is accepted; what is undelivered stays for the next run. */
+  async close(drainMs = 0): Promise<void> {
+    await this.spool.flush();
+    if (drainMs > 0 && this.spool.backlog > 0 && !this.failing) {
+      // A short chance to hand over the backlog before the process goes (a pod may not come back).
+      const deadline = Date.now() + drainMs;
+      while (this.spool.backlog > 0 && !this.failing && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    }
+    this.stopped = true;
+    this.wake?.();
+    this.spool.wakeReaders();
+    await this.loop;
+    await this.spool.close();
+    await this.pool.close();
+  }
+
+  private async deliver(): Promise<void> {
+    let backoff = FIRST_BACKOFF_MS;
+    while (!this.stopped) {
+      let batch;
+      try {
+        batch = await this.spool.read(BATCH, IDLE_WAIT_MS);
+      } catch (err) {
+        this.logger.error({ err }, 'cannot read the audit spool');
+        await this.sleep(MAX_BACKOFF_MS);
+        continue;
+      }
+      if (batch === null || this.stopped) continue;
+      const events: unknown[] = [];
+      for (const line of batch.lines) {
+        try {
+          events.push(JSON.parse(line));
+        } catch {
+          // Only a line torn by a crash mid-write can be unreadable; it cannot be sent.
+          this.logger.error('skipped an unreadable audit spool record');
+        }
+      }
+      try {
+        if (events.length > 0) await this.send(events);
+        await this.spool.ack(batch);
+        this.delivered += events.length;
+        if (this.failing) this.logger.info({ backlog_bytes: this.spool.backlog }, 'audit service takes events again');
+        this.failing = false;
+        backoff = FIRST_BACKOFF_MS;
+      } catch (err) {
+        this.failures++;
+        if (!this.failing) this.logger.warn({ err: (err as Error).message, backlog_bytes: this.spool.backlog }, 'audit service unavailable; events wait in the spool');
+        this.failing = true;
+        await this.sleep(backoff);
+        backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+      }
+    }
+  }
+
+  private async send(events: unknown[]): Promise<void> {
+    const res = await this.pool.request({
+      path: EVENTS_PATH,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'user-agent': 'api-gateway-audit' },
+      body: JSON.stringify({ events }),
+      headersTimeout: this.options.requestTimeoutMs,
+      bodyTimeout: this.options.requestTimeoutMs,
+    });
+    await res.body.dump();
+    if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`the audit service answered ${res.statusCode}`);
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      this.sleepTimer = setTimeout(() => {
+        this.wake = null;
+        resolve();
+      }, ms);
+      this.wake = () => {
+        if (this.sleepTimer !== null) clearTimeout(this.sleepTimer);
+        this.wake = null;
+        resolve();
+      };
+    });
+  }
+}

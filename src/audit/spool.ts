@@ -1,0 +1,288 @@
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+
+/** A segment is closed and a new one begun past this size: delivered segments are deleted whole. */
+const SEGMENT_BYTES = 8 * 1024 * 1024;
+/** Appends are written and synced together at most this often (group commit). */
+const COMMIT_MS = 10;
+/** A commit starts at once when this much is waiting. */
+const COMMIT_BYTES = 256 * 1024;
+const SEGMENT = /^segment-(\d{12})\.jsonl$/;
+
+/** Spool folders open in this process: two gateways must never share one. */
+const OPEN_HERE = new Set<string>();
+
+export class SpoolInUse extends Error {}
+
+const segmentName = (n: number) => `segment-${String(n).padStart(12, '0')}.jsonl`;
+
+export interface SpoolBatch {
+  /** The records, in the order they were appended. */
+  lines: string[];
+  /** Passed back to `ack` once the batch is delivered. */
+  readonly end: { segment: number; offset: number };
+}
+
+/**
+ * A durable first-in, first-out queue of JSON lines on local disk: numbered segment files
+ * appended with group-committed fdatasync, and a cursor naming the first record not yet
+ * delivered. A record accepted by `append` is on disk within COMMIT_MS (and at once on
+ * `flush`); one acknowledged is never read again, one not acknowledged is read again after a
+ * restart (at-least-once). Bounded by `maxBytes` of undelivered records: past it `append`
+ * refuses, and the caller decides what that means.
+ */
+export class Spool {
+  private pending: string[] = [];
+  private pendingBytes = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private committing: Promise<void> = Promise.resolve();
+  private active: FileHandle | null = null;
+  private activeNumber = 0;
+  private activeBytes = 0;
+  /** Bytes on disk not yet delivered, plus bytes accepted and not yet written. */
+  private backlogBytes = 0;
+  private cursor = { segment: 0, offset: 0 };
+  private waiters: Array<(records: boolean) => void> = [];
+  private closed = false;
+  private writeError: Error | null = null;
+
+  private constructor(
+    private readonly dir: string,
+    private readonly maxBytes: number,
+  ) {}
+
+  static async open(dir: string, maxBytes: number): Promise<Spool> {
+    const spool = new Spool(dir, maxBytes);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await spool.lock();
+    try {
+      await spool.recover();
+    } catch (err) {
+      await spool.unlock();
+      throw err;
+    }
+    return spool;
+  }
+
+  /** One writer per folder: a second gateway on the same spool would interleave and double-deliver. */
+  private async lock(): Promise<void> {
+    const key = resolve(this.dir);
+    if (OPEN_HERE.has(key)) throw new SpoolInUse(`${this.dir} is in use by another gateway in this process`);
+    const file = join(this.dir, 'LOCK');
+    try {
+      const holder = Number((await readFile(file, 'utf8')).trim());
+      if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
+        throw new SpoolInUse(`${this.dir} is in use by process ${holder}`);
+      }
+    } catch (err) {
+      if (err instanceof SpoolInUse) throw err;
+      // No lock file, or an unreadable one: take it.
+    }
+    await writeFile(file, String(process.pid));
+    OPEN_HERE.add(key);
+  }
+
+  private async unlock(): Promise<void> {
+    OPEN_HERE.delete(resolve(this.dir));
+    await rm(join(this.dir, 'LOCK'), { force: true });
+  }
+
+  /** Bytes of records waiting for delivery. */
+  get backlog(): number {
+    return this.backlogBytes;
+  }
+
+  /** False once the undelivered records reach the bound (or the disk failed): `append` would refuse. */
+  get accepting(): boolean {
+    return this.writeError === null && this.backlogBytes < this.maxBytes;
+  }
+
+  get failure(): Error | null {
+    return this.writeError;
+  }
+
+  /** Queues one record (one line of JSON, no newline). False when the spool is full. */
+  append(line: string): boolean {
+    if (this.closed || !this.accepting) return false;
+    const bytes = Buffer.byteLength(line) + 1;
+    this.pending.push(line);
+    this.pendingBytes += bytes;
+    this.backlogBytes += bytes;
+    if (this.pendingBytes >= COMMIT_BYTES) this.commitSoon(0);
+    else this.commitSoon(COMMIT_MS);
+    return true;
+  }
+
+  /** Writes and syncs everything accepted so far. */
+  async flush(): Promise<void> {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    this.committing = this.committing.then(() => this.commit());
+    await this.committing;
+  }
+
+  /**
+   * Up to `max` records after the cursor, waiting up to `waitMs` for one to arrive. Records are
+   * read from disk, so what a restart recovered and what was just appended come the same way.
+   */
+  async read(max: number, waitMs: number): Promise<SpoolBatch | null> {
+    for (;;) {
+      const batch = await this.readFromDisk(max);
+      if (batch !== null || this.closed) return batch;
+      if (!(await this.waitForRecords(waitMs))) return null;
+    }
+  }
+
+  /** Marks a batch delivered: the cursor moves past it, and finished segments are deleted. */
+  async ack(batch: SpoolBatch): Promise<void> {
+    let bytes = 0;
+    for (const line of batch.lines) bytes += Buffer.byteLength(line) + 1;
+    this.backlogBytes = Math.max(0, this.backlogBytes - bytes);
+    this.cursor = { ...batch.end };
+    // Written without fsync: a cursor lost in a crash only means records delivered twice.
+    const tmp = join(this.dir, 'cursor.json.tmp');
+    await writeFile(tmp, JSON.stringify(this.cursor));
+    await rename(tmp, join(this.dir, 'cursor.json'));
+  }
+
+  /** Ends any `read` that is waiting for records (it returns null). */
+  wakeReaders(): void {
+    for (const wake of this.waiters.splice(0)) wake(false);
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    this.closed = true;
+    for (const wake of this.waiters.splice(0)) wake(false);
+    await this.active?.close();
+    this.active = null;
+    await this.unlock();
+  }
+
+  private commitSoon(ms: number): void {
+    if (this.timer !== null) {
+      if (ms > 0) return;
+      clearTimeout(this.timer);
+    }
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.committing = this.committing.then(() => this.commit());
+    }, ms);
+  }
+
+  private async commit(): Promise<void> {
+    if (this.pending.length === 0 || this.writeError !== null) return;
+    const data = Buffer.from(`${this.pending.join('\n')}\n`);
+    this.pending = [];
+    this.pendingBytes = 0;
+    try {
+      if (this.active === null || this.activeBytes >= SEGMENT_BYTES) await this.nextSegment();
+      await this.active!.write(data);
+      await this.active!.datasync();
+      this.activeBytes += data.length;
+    } catch (err) {
+      // A disk that cannot take writes: nothing more is accepted (PHI routes fail closed).
+      this.writeError = err as Error;
+    }
+    for (const wake of this.waiters.splice(0)) wake(true);
+  }
+
+  private async nextSegment(): Promise<void> {
+    await this.active?.close();
+    this.activeNumber++;
+    this.active = await open(join(this.dir, segmentName(this.activeNumber)), 'a');
+    this.activeBytes = 0;
+  }
+
+  private waitForRecords(ms: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== wake);
+        resolve(false);
+      }, ms);
+      const wake = (records: boolean) => {
+        clearTimeout(timer);
+        resolve(records);
+      };
+      this.waiters.push(wake);
+    });
+  }
+
+  private async segments(): Promise<number[]> {
+    const names = await readdir(this.dir);
+    return names
+      .map((n) => SEGMENT.exec(n))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => Number(m[1]))
+      .sort((a, b) => a - b);
+  }
+
+  private async readFromDisk(max: number): Promise<SpoolBatch | null> {
+    for (;;) {
+      const numbers = await this.segments();
+      const current = numbers.find((n) => n >= this.cursor.segment);
+      if (current === undefined) return null;
+      if (current !== this.cursor.segment) this.cursor = { segment: current, offset: 0 };
+      const file = join(this.dir, segmentName(current));
+      const handle = await open(file, 'r');
+      let text: string;
+      try {
+        const size = (await handle.stat()).size;
+        const want = Math.min(size - this.cursor.offset, 4 * 1024 * 1024);
+        const buf = Buffer.alloc(Math.max(0, want));
+        if (want > 0) await handle.read(buf, 0, want, this.cursor.offset);
+        text = buf.toString('utf8');
+      } finally {
+        await handle.close();
+      }
+      const last = text.lastIndexOf('\n');
+      // Only the segment being appended to can still grow; any other is read to its end.
+      const finished = this.active === null || current !== this.activeNumber;
+      if (last === -1) {
+        if (!finished) return null;
+        // A finished segment read to its end (a torn last line after a crash is dropped): next.
+        await rm(file, { force: true });
+        this.backlogBytes = Math.max(0, this.backlogBytes - Buffer.byteLength(text));
+        this.cursor = { segment: current + 1, offset: 0 };
+        continue;
+      }
+      const lines = text.slice(0, last).split('\n').slice(0, max);
+      let offset = this.cursor.offset;
+      for (const line of lines) offset += Buffer.byteLength(line) + 1;
+      return { lines, end: { segment: current, offset } };
+    }
+  }
+
+  /** Finds what an earlier run left: the cursor, the segments and their undelivered bytes. */
+  private async recover(): Promise<void> {
+    try {
+      const saved = JSON.parse(await readFile(join(this.dir, 'cursor.json'), 'utf8')) as { segment: number; offset: number };
+      if (Number.isInteger(saved.segment) && Number.isInteger(saved.offset)) this.cursor = saved;
+    } catch {
+      // No cursor yet: start at the oldest segment.
+    }
+    const numbers = await this.segments();
+    for (const n of numbers) {
+      if (n < this.cursor.segment) {
+        await rm(join(this.dir, segmentName(n)), { force: true });
+        continue;
+      }
+      const size = (await stat(join(this.dir, segmentName(n)))).size;
+      this.backlogBytes += n === this.cursor.segment ? Math.max(0, size - this.cursor.offset) : size;
+    }
+    // Appends always go to a fresh segment: never after a line a crash may have torn.
+    this.activeNumber = numbers.length > 0 ? numbers[numbers.length - 1]! : this.cursor.segment;
+    if (numbers.length === 0 && this.cursor.segment === 0) this.cursor = { segment: 1, offset: 0 };
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
