@@ -43,6 +43,9 @@ import { UpstreamPools } from './upstream/pools.js';
 import { UpstreamRegistry } from './upstream/registry.js';
 import { CertificateWatcher, MIN_TLS_VERSION, readTlsMaterial } from './tls.js';
 import { VERSION } from './version.js';
+import { SpanKind } from '@opentelemetry/api';
+import { traceIdOf, Tracing, tracingConfigured } from './observability/tracing.js';
+import type { CompiledRoute } from './config/compile.js';
 import { workerMetrics } from './workers.js';
 
 declare module 'fastify' {
@@ -136,6 +139,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
         throw new ConfigError([`AUDIT_SPOOL_DIR: cannot use "${env.AUDIT_SPOOL_DIR}" (${(err as Error).message}); point it at a writable folder of this gateway's own`]);
       })
     : null;
+  const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
   const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit) : null;
   const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
@@ -262,6 +266,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     const status = res.writableFinished ? res.statusCode : 499;
     accessLog.write(ex, req, status, ms, label.startsWith('/health'));
     if (audit !== null && ex.route !== null && ex.route.auth === 'required' && !ex.preflight) audit.record(ex, req.method!, status);
+    if (ex.span !== null) endSpans(ex, status);
     metrics?.request(req.method!, label, status, ms / 1000);
     // close() ends only the connections idle at that moment; a keep-alive connection whose
     // request was in flight becomes idle now, and must not hold the shutdown open.
@@ -316,6 +321,11 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const handleRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const ex = exchangeFor(requestIdFrom(req.headers['x-request-id']), req);
     ex.answerHeaders = hstsHeader;
+    if (tracing !== null) {
+      ex.span = tracing.startServer(req.method!, req.headers);
+      const context = ex.span.spanContext();
+      ex.traceId = context.traceId;
+    } else if (req.headers.traceparent !== undefined) ex.traceId = traceIdOf(req.headers.traceparent);
     (res as ServerResponse & { [EXCHANGE]?: Exchange })[EXCHANGE] = ex;
     res.on('close', exchangeClosed);
     const refused = admission(req);
@@ -352,6 +362,11 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     }
     ex.route = match.route;
     ex.params = match.params;
+    if (ex.span !== null) {
+      ex.span.updateName(`${req.method} ${match.route.template}`);
+      ex.span.setAttribute('http.route', match.route.template);
+      if (match.route.auth === 'required') ex.stageSpan = tracing!.startChild(ex.span, 'authenticate');
+    }
 
     const verdict = authenticate(ex, req.headers.authorization, verifier, authFailures);
     if (verdict instanceof Promise) verdict.then((v) => authorizeAndLimit(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
@@ -375,6 +390,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
 
   const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {
+    if (ex.stageSpan !== null) endStage(ex, authenticated);
     if (authenticated !== null) {
       if (authenticated.code === 'GW_RATE_LIMITED') metrics?.rateLimitExceeded();
       else {
@@ -388,12 +404,14 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     if (ex.breakGlass !== null) {
       logger.warn({ request_id: ex.id, route: ex.route!.name, user_id: ex.identity!.userId, break_glass: true }, 'break-glass access');
     }
+    if (ex.span !== null) ex.stageSpan = tracing!.startChild(ex.span, 'access_check');
     const verdict = accessCheck.check(ex);
     if (verdict instanceof Promise) verdict.then((v) => transformAndForward(ex, req, res, v)).catch((err: unknown) => failed(ex, res, err));
     else transformAndForward(ex, req, res, verdict);
   };
 
   const transformAndForward = (ex: Exchange, req: IncomingMessage, res: ServerResponse, limited: StageResult): void => {
+    if (ex.stageSpan !== null) endStage(ex, limited);
     if (limited !== null) {
       if (limited.code === 'GW_AUTH_TOKEN_REVOKED' || limited.code === 'GW_AUTH_SESSION_INVALID') metrics?.authFailure(limited.code);
       return refuse(res, ex, limited);
@@ -403,10 +421,18 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     if (route.phi && audit !== null && !audit.accepting) {
       return answer(res, ex, 'GW_AUDIT_UNAVAILABLE', 'the audit trail cannot record this request; PHI is not served unaudited', { 'retry-after': '30' });
     }
-    if (route.action === null) return forward(ex, route, req, res, upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), onForwarded, null);
+    if (route.action === null) return forward(ex, route, req, res, upstreamHeaders(ex, req, route), onForwarded, null);
     flows
-      .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, withLength(upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost), body.length), onForwarded, body))
+      .run(ex, req, res, (_ex, body) => forward(ex, route, req, res, withLength(upstreamHeaders(ex, req, route), body.length), onForwarded, body))
       .catch((err: unknown) => failed(ex, res, err));
+  };
+
+  /** The headers the upstream gets; with tracing, the upstream call's span starts here and its context goes along. */
+  const upstreamHeaders = (ex: Exchange, req: IncomingMessage, route: CompiledRoute): string[] => {
+    const headers = upstreamRequestHeaders(ex, req.headers, tls, route.preserveHost);
+    if (ex.span === null) return headers;
+    ex.upstreamSpan = tracing!.startChild(ex.span, 'upstream', SpanKind.CLIENT, { 'gateway.service': route.service?.name ?? '' });
+    return tracing!.inject(headers, ex.upstreamSpan);
   };
 
   const failed = (ex: Exchange, res: ServerResponse, err: unknown): void => {
@@ -444,7 +470,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       for (const session of sessions) session.close();
       await app.close();
       accessLog.flush();
-      await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS)]);
+      await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS), tracing?.shutdown()]);
       health.stop();
       local.close();
       redis?.disconnect();
@@ -454,6 +480,26 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
 }
 
 const EXCHANGE = Symbol('exchange');
+
+/** Ends the stage span under way (authentication, access check) with the stage's verdict. */
+function endStage(ex: Exchange, verdict: StageResult): void {
+  const span = ex.stageSpan!;
+  ex.stageSpan = null;
+  if (verdict !== null) span.setAttribute('error.type', verdict.code);
+  span.end();
+}
+
+/** Ends the exchange's spans on the way out: the upstream call's, a stage's cut short, and the server span. */
+function endSpans(ex: Exchange, status: number): void {
+  if (ex.stageSpan !== null) endStage(ex, null);
+  const upstream = ex.upstreamSpan;
+  if (upstream !== null) {
+    if (ex.upstreamOrigin !== null) upstream.setAttribute('server.address', ex.upstreamOrigin);
+    if (ex.retries > 0) upstream.setAttribute('gateway.retries', ex.retries);
+    Tracing.endWithStatus(upstream, ex.upstreamStatus, ex.upstreamStatus === 0 ? ex.errorCode : null);
+  }
+  Tracing.endWithStatus(ex.span!, status, ex.errorCode);
+}
 
 /** At shutdown, how long the audit backlog may take to reach the audit service before the spool keeps it. */
 const AUDIT_DRAIN_MS = 2_000;

@@ -68,7 +68,7 @@ export class AccessLog {
         `,"response_time_ms":${Math.round(ms * 100) / 100},"user_agent":${str(req.headers['user-agent'])}` +
         `,"ip_address":${str(ex.clientIp)},"upstream":${str(ex.upstreamOrigin)}` +
         `,"error_code":${ex.errorCode === null ? 'null' : `"${ex.errorCode}"`}${ex.breakGlass === null ? '' : ',"break_glass":true'}` +
-        `${ex.retries === 0 ? '' : `,"retries":${ex.retries}`}` +
+        `${ex.retries === 0 ? '' : `,"retries":${ex.retries}`}${ex.traceId === null ? '' : `,"trace_id":"${ex.traceId}"`}` +
         `,"message":"${slow ? 'slow request' : 'request'}"}\n`,
     );
   }

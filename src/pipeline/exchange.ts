@@ -1,3 +1,4 @@
+import type { Span } from '@opentelemetry/api';
 import type { CompiledRoute } from '../config/compile.js';
 import type { Identity } from '../auth/identity.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
@@ -22,6 +23,12 @@ export class Exchange {
   upstreamStatus = 0;
   /** The instance that answered (or was tried last). */
   upstreamOrigin: string | null = null;
+  /** With tracing: the server span, the stage span under way, the upstream call's span. */
+  span: Span | null = null;
+  stageSpan: Span | null = null;
+  upstreamSpan: Span | null = null;
+  /** For the access log: the trace this request belongs to, when known. */
+  traceId: string | null = null;
   /** A CORS preflight the gateway answered itself: no audit event. */
   preflight = false;
   /** Tries at other instances after the first. */

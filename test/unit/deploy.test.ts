@@ -120,6 +120,17 @@ describe('deploy/kubernetes manifests', () => {
     assert.equal(volume.configMap.name, 'api-gateway-routes');
   });
 
+  it('the audit spool is on a writable volume, larger than the spool bound', () => {
+    const pod = find('Deployment', 'api-gateway').spec.template.spec;
+    const c = pod.containers[0];
+    const env = Object.fromEntries(c.env.map((e: { name: string; value?: string }) => [e.name, e.value]));
+    const mount = c.volumeMounts.find((m: { mountPath: string }) => m.mountPath === env.AUDIT_SPOOL_DIR);
+    assert.ok(mount, 'AUDIT_SPOOL_DIR is a mounted volume (the root file system is read-only)');
+    const volume = pod.volumes.find((v: { name: string }) => v.name === mount.name);
+    assert.ok(volume.emptyDir || volume.persistentVolumeClaim);
+    if (volume.emptyDir?.sizeLimit) assert.ok(parseInt(volume.emptyDir.sizeLimit, 10) * 1024 > Number(env.AUDIT_SPOOL_MAX_MB));
+  });
+
   it('the routes ConfigMap holds config/routes.yaml as shipped, and it is a valid routes file', () => {
     const cm = find('ConfigMap', 'api-gateway-routes');
     const text = cm.data['routes.yaml'] as string;
