@@ -140,11 +140,12 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       })
     : null;
   const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
-  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit) : null;
+  const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
+  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit, memoryLimitBytes) : null;
   const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
-  const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, () => metrics?.rateLimitExceeded());
+  const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, (ex) => metrics?.rateLimitExceeded(ex.identity?.userId ?? ex.clientIp));
   const authFailures = new AuthFailureLimit(accessControl, env.RATE_LIMIT_PER_MINUTE, logger);
   const flows = new AuthFlows(
     accessControl,
@@ -166,12 +167,20 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     probeSharedStore: () => accessControl.probe(),
     cacheMs: env.HEALTH_CACHE_MS,
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
-    memoryLimitBytes: await resolveMemoryLimit(env.MEMORY_LIMIT_MB),
+    memoryLimitBytes,
     isShuttingDown: () => shuttingDown,
     services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
     audit: () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes }),
+    onReport: (report) => {
+      for (const [name, status] of Object.entries(report.dependencies)) metrics?.dependencyHealth(name, status === 'healthy');
+      if (report.audit) metrics?.dependencyHealth('audit', report.audit.status === 'healthy');
+    },
     onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
   });
+
+  // The dependency gauges (and their alert) stay current even when nothing probes /health.
+  const healthRefresh = metrics === null ? null : setInterval(() => void health.report().catch(() => undefined), HEALTH_REFRESH_MS);
+  healthRefresh?.unref();
 
   /**
    * One server, two doors: the gateway's own endpoints go to the framework, everything else
@@ -392,7 +401,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const authorizeAndLimit = (ex: Exchange, req: IncomingMessage, res: ServerResponse, authenticated: StageResult): void => {
     if (ex.stageSpan !== null) endStage(ex, authenticated);
     if (authenticated !== null) {
-      if (authenticated.code === 'GW_RATE_LIMITED') metrics?.rateLimitExceeded();
+      if (authenticated.code === 'GW_RATE_LIMITED') metrics?.rateLimitExceeded(ex.clientIp);
       else {
         metrics?.authFailure(authenticated.code);
         if (authenticated.code !== 'GW_AUTH_UNAVAILABLE') authFailures.failed(ex.clientIp);
@@ -467,6 +476,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       shuttingDown = true;
       reloader.close();
       certificates?.close();
+      if (healthRefresh !== null) clearInterval(healthRefresh);
       for (const session of sessions) session.close();
       await app.close();
       accessLog.flush();
@@ -501,14 +511,17 @@ function endSpans(ex: Exchange, status: number): void {
   Tracing.endWithStatus(ex.span!, status, ex.errorCode);
 }
 
+/** How often the health checks run by themselves, for the dependency gauges. */
+const HEALTH_REFRESH_MS = 15_000;
+
 /** At shutdown, how long the audit backlog may take to reach the audit service before the spool keeps it. */
 const AUDIT_DRAIN_MS = 2_000;
 
 /** In a worker of WORKERS > 1, /metrics shows every worker's numbers, merged by the primary. */
-function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>, audit: AuditTrail | null): Metrics {
-  if (!cluster.isWorker) return new Metrics(upstreams, null, audit);
+function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>, audit: AuditTrail | null, memoryLimitBytes: number): Metrics {
+  if (!cluster.isWorker) return new Metrics(upstreams, null, audit, memoryLimitBytes);
   let fetchMerged: (() => Promise<string>) | null = null;
-  const metrics = new Metrics(upstreams, () => fetchMerged!(), audit);
+  const metrics = new Metrics(upstreams, () => fetchMerged!(), audit, memoryLimitBytes);
   fetchMerged = workerMetrics(metrics.registry);
   return metrics;
 }

@@ -35,6 +35,8 @@ export interface HealthDeps {
   services: () => Array<{ name: string; healthy: number; total: number }>;
   /** The audit trail's state; null when auditing is off. */
   audit: () => { problem: string | null; failing: boolean; backlogBytes: number } | null;
+  /** Told every fresh report (metrics keep the dependencies' state from it). */
+  onReport?: (report: HealthReport) => void;
   /** Told when the overall status changes, with the reasons. */
   onChange?: (status: Status, checks: HealthReport['checks']) => void;
 }
@@ -154,6 +156,7 @@ export class HealthMonitor {
       services,
       checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
     };
+    this.deps.onReport?.(report);
     if (status !== this.lastStatus) {
       this.deps.onChange?.(status, report.checks);
       this.lastStatus = status;

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import { LATENCY_BUCKETS, type Instance } from '../upstream/instance.js';
 import type { UpstreamService } from '../upstream/service.js';
 import type { AuditTrail } from '../audit/audit-trail.js';
@@ -13,6 +13,32 @@ const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
 export const UNMATCHED_PATH = 'unmatched';
 
 type Labels = Record<string, string | number>;
+
+/**
+ * Distinct keys seen in the current minute, reported for the last full minute: two bounded sets,
+ * swapped each minute. Bounded so that a flood of addresses cannot grow it.
+ */
+class DistinctPerMinute {
+  private current = new Set<string>();
+  private previous = new Set<string>();
+  private minute = 0;
+  constructor(private readonly cap: number) {}
+  add(key: string): void {
+    this.roll();
+    if (this.current.size < this.cap) this.current.add(key);
+  }
+  count(): number {
+    this.roll();
+    return Math.max(this.previous.size, this.current.size);
+  }
+  private roll(): void {
+    const minute = Math.floor(Date.now() / 60_000);
+    if (minute === this.minute) return;
+    this.previous = minute === this.minute + 1 ? this.current : new Set();
+    this.current = new Set();
+    this.minute = minute;
+  }
+}
 interface Value {
   labels: Labels;
   value: number;
@@ -69,6 +95,8 @@ export class Metrics {
   private readonly authFailures: Counter<'reason'>;
   private readonly rateLimited: Counter;
   private readonly reloads: Counter<'result'>;
+  private readonly dependencyUp: Gauge<'dependency'>;
+  private readonly limitedSubjects = new DistinctPerMinute(10_000);
   /** By `method path status`: bounded by routes x methods x statuses. */
   private readonly series = new Map<string, RequestSeries>();
 
@@ -77,6 +105,7 @@ export class Metrics {
     /** With WORKERS > 1: the merged metrics of every worker, from the primary process. */
     private readonly clusterExposition: (() => Promise<string>) | null = null,
     audit: AuditTrail | null = null,
+    memoryLimitBytes = 0,
   ) {
     if (audit !== null) this.registerAuditMetrics(audit);
     this.registry.registerMetric(
@@ -106,6 +135,23 @@ export class Metrics {
       labelNames: ['result'],
       registers: [this.registry],
     });
+    this.dependencyUp = new Gauge({
+      name: 'api_gateway_dependency_up',
+      help: '1 while the last health check found the dependency healthy (auth-service, database, audit)',
+      labelNames: ['dependency'],
+      registers: [this.registry],
+      aggregator: 'min',
+    });
+    this.registry.registerMetric(
+      scraped('api_gateway_rate_limited_subjects', 'Distinct users or client addresses refused by a rate limit in the last full minute (at most 10000 counted)', 'gauge', 'sum', () => [
+        { labels: {}, value: this.limitedSubjects.count() },
+      ]) as never,
+    );
+    this.registry.registerMetric(
+      scraped('api_gateway_memory_limit_bytes', 'The memory limit the health check measures against (container limit, MEMORY_LIMIT_MB or the V8 heap limit)', 'gauge', 'min', () => [
+        { labels: {}, value: memoryLimitBytes },
+      ]) as never,
+    );
     this.registerUpstreamMetrics();
     collectDefaultMetrics({ register: this.registry });
   }
@@ -132,8 +178,15 @@ export class Metrics {
     this.authFailures.inc({ reason });
   }
 
-  rateLimitExceeded(): void {
+  /** `subject`: the user id or client address refused, counted once per minute for the "users affected" alert. */
+  rateLimitExceeded(subject: string): void {
     this.rateLimited.inc();
+    this.limitedSubjects.add(subject);
+  }
+
+  /** The result of the last health check, for the dependency alert. */
+  dependencyHealth(name: string, up: boolean): void {
+    this.dependencyUp.set({ dependency: name }, up ? 1 : 0);
   }
 
   configReload(ok: boolean): void {
