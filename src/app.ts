@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, type IncomingMessage, type Server, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createSecureServer, type Http2Session } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Server as TlsServer } from 'node:tls';
@@ -45,6 +45,7 @@ import { CertificateWatcher, MIN_TLS_VERSION, readTlsMaterial } from './tls.js';
 import { VERSION } from './version.js';
 import { SpanKind } from '@opentelemetry/api';
 import { traceIdOf, Tracing, tracingConfigured } from './observability/tracing.js';
+import { startAdminListener } from './observability/diagnostics.js';
 import type { CompiledRoute } from './config/compile.js';
 import { workerMetrics } from './workers.js';
 
@@ -462,8 +463,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   });
 
   await app.ready();
+  let admin: Server | null = null;
 
-  return {
+  const gateway: Gateway = {
     app,
     health,
     isShuttingDown: () => shuttingDown,
@@ -476,6 +478,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       shuttingDown = true;
       reloader.close();
       certificates?.close();
+      admin?.close();
       if (healthRefresh !== null) clearInterval(healthRefresh);
       for (const session of sessions) session.close();
       await app.close();
@@ -487,6 +490,26 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       subscriber?.disconnect();
     },
   };
+  if (env.ADMIN_PORT !== 0) {
+    // Workers of WORKERS > 1 take consecutive ports from ADMIN_PORT, one each.
+    const adminPort = env.ADMIN_PORT + (cluster.isWorker ? Number(process.env.GATEWAY_WORKER_SLOT ?? 0) : 0);
+    try {
+      admin = await startAdminListener(
+        adminPort,
+        {
+          version: VERSION,
+          metrics: metrics === null ? null : () => metrics.exposition(),
+          services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
+          audit: () => (audit === null ? null : { backlogBytes: audit.backlogBytes, failing: audit.failing, problem: audit.problem }),
+        },
+        logger,
+      );
+    } catch (err) {
+      await gateway.close();
+      throw new ConfigError([`ADMIN_PORT: cannot listen on 127.0.0.1:${adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pick a free port or 0`]);
+    }
+  }
+  return gateway;
 }
 
 const EXCHANGE = Symbol('exchange');

@@ -48,6 +48,8 @@ export interface CompiledRoute {
   readonly phi: boolean;
   readonly preserveHost: boolean;
   readonly transform: RouteTransform | null;
+  /** Query parameters the access log may show; null: none. */
+  readonly logQuery: ReadonlySet<string> | null;
   /** Null: the route takes no cross-origin requests (`cors: false`). */
   readonly cors: CorsPolicy | null;
 }
@@ -138,6 +140,7 @@ export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<
       phi: route.phi,
       preserveHost: route.preserveHost,
       transform: compileTransform(route.transform),
+      logQuery: route.logQuery && route.logQuery.length > 0 ? new Set(route.logQuery) : null,
       cors: route.cors === false ? null : route.cors === undefined ? globalCors : compileRouteCors(corsDefaults, route.cors),
     });
   });

@@ -126,6 +126,8 @@ export const envSchema = z
     CLIENT_HEADERS_TIMEOUT_MS: int(100, 600_000, 'milliseconds a client has to send its headers').default(10_000),
     CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000, 'milliseconds a client has to send its whole request, 0 = none').default(300_000),
     KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000, 'milliseconds an idle client connection stays open').default(65_000),
+    /** The admin listener (diagnostics: /debug/vars, heap snapshots), on 127.0.0.1 only; 0 = none. */
+    ADMIN_PORT: int(0, 65535, 'the loopback port of the admin listener (diagnostics); 0 turns it off').default(0),
     /** Audit events of authenticated routes, spooled on disk and delivered to AUDIT_SERVICE_URL. */
     AUDIT_ENABLED: bool.default(true),
     AUDIT_SPOOL_DIR: z.string().trim().min(1).default('var/audit-spool'),

@@ -212,6 +212,8 @@ export const routeSchema = z
       .optional(),
     phi: z.boolean().default(false),
     cors: routeCorsSchema.optional(),
+    /** Query parameters whose values the access log may show (none by default: values may be PHI). */
+    logQuery: z.array(z.string().min(1).max(128)).max(20).optional(),
     /** Declared changes to the request and the answer (src/pipeline/route-transform.ts). */
     transform: transformSchema.optional(),
     preserveHost: z.boolean().default(false),

@@ -69,9 +69,17 @@ export class AccessLog {
         `,"ip_address":${str(ex.clientIp)},"upstream":${str(ex.upstreamOrigin)}` +
         `,"error_code":${ex.errorCode === null ? 'null' : `"${ex.errorCode}"`}${ex.breakGlass === null ? '' : ',"break_glass":true'}` +
         `${ex.retries === 0 ? '' : `,"retries":${ex.retries}`}${ex.traceId === null ? '' : `,"trace_id":"${ex.traceId}"`}` +
+        `${ex.route?.logQuery == null || ex.query === '' ? '' : `,"query":${allowedQuery(ex.query, ex.route.logQuery)}`}` +
         `,"message":"${slow ? 'slow request' : 'request'}"}\n`,
     );
   }
+}
+
+/** The query parameters a route lets the log show, as a JSON object; every other one is left out. */
+function allowedQuery(query: string, allowed: ReadonlySet<string>): string {
+  const out: Record<string, string> = {};
+  for (const [name, value] of new URLSearchParams(query)) if (allowed.has(name)) out[name] = value.slice(0, 256);
+  return JSON.stringify(out);
 }
 
 function pathOnly(url: string | undefined): string {

@@ -1,0 +1,108 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { pipeline } from 'node:stream/promises';
+import { getHeapSnapshot, getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
+import type { Logger } from './logger.js';
+
+export interface DiagnosticsSources {
+  version: string;
+  metrics: (() => Promise<{ contentType: string; body: string }>) | null;
+  services: () => Array<{ name: string; healthy: number; total: number }>;
+  audit: () => { backlogBytes: number; failing: boolean; problem: string | null } | null;
+}
+
+const ADMIN_HOST = '127.0.0.1';
+
+/**
+ * The admin listener: the spec's /debug/vars (memory, heap, event loop, handles) and a heap
+ * snapshot on demand, on loopback only. A heap snapshot holds whatever is in memory (tokens,
+ * PHI in flight), so it is never served on the public port; reach it with `kubectl exec` or
+ * `kubectl port-forward`.
+ */
+export async function startAdminListener(port: number, sources: DiagnosticsSources, logger: Logger): Promise<Server> {
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
+  let lastUtilization = performance.eventLoopUtilization();
+  let snapshotting = false;
+
+  const vars = () => {
+    const utilization = performance.eventLoopUtilization(lastUtilization);
+    lastUtilization = performance.eventLoopUtilization();
+    const body = {
+      service: 'api-gateway',
+      version: sources.version,
+      pid: process.pid,
+      node: process.version,
+      uptime_seconds: Math.round(process.uptime()),
+      memory: process.memoryUsage(),
+      heap: getHeapStatistics(),
+      heap_spaces: getHeapSpaceStatistics().map((s) => ({ name: s.space_name, size: s.space_size, used: s.space_used_size, available: s.space_available_size })),
+      event_loop: {
+        delay_ms: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6, mean: loop.mean / 1e6 },
+        utilization: utilization.utilization,
+      },
+      resources: countResources(),
+      services: sources.services(),
+      audit: sources.audit(),
+    };
+    loop.reset();
+    return body;
+  };
+
+  const server = createServer((req, res) => {
+    void handle(req, res).catch((err: unknown) => {
+      logger.error({ err }, 'admin listener failed');
+      if (!res.headersSent) send(res, 500, { error: 'internal' });
+      else res.destroy();
+    });
+  });
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    if (req.method !== 'GET') return send(res, 405, { error: 'method not allowed' });
+    if (path === '/debug/vars') return send(res, 200, vars());
+    if (path === '/metrics' && sources.metrics !== null) {
+      const { contentType, body } = await sources.metrics();
+      res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' }).end(body);
+      return;
+    }
+    if (path === '/debug/heap-snapshot') {
+      // Writing one stops the event loop for a while and doubles the heap for a moment: one at a time.
+      if (snapshotting) return send(res, 409, { error: 'a heap snapshot is being written' });
+      snapshotting = true;
+      logger.warn('writing a heap snapshot on request of the admin listener');
+      try {
+        res.writeHead(200, {
+          'content-type': 'application/octet-stream',
+          'content-disposition': `attachment; filename="api-gateway-${process.pid}-${Date.now()}.heapsnapshot"`,
+          'cache-control': 'no-store',
+        });
+        await pipeline(getHeapSnapshot(), res);
+      } finally {
+        snapshotting = false;
+      }
+      return;
+    }
+    send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics'] });
+  };
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, ADMIN_HOST, () => resolve());
+  });
+  server.on('close', () => loop.disable());
+  logger.info({ port: (server.address() as { port: number }).port, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
+  return server;
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' }).end(text);
+}
+
+/** Active handles and requests by kind (sockets, timers...): a leak shows as a count that only grows. */
+function countResources(): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const kind of process.getActiveResourcesInfo()) counts[kind] = (counts[kind] ?? 0) + 1;
+  return counts;
+}
