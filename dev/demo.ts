@@ -43,6 +43,7 @@ async function main(): Promise<void> {
     ROUTES_FILE: process.env.ROUTES_FILE ?? 'config/routes.yaml',
     LOG_LEVEL: process.env.LOG_LEVEL ?? 'INFO',
     REDIS_URL: '',
+    ADMIN_PORT: process.env.ADMIN_PORT ?? '9091',
   });
 
   const provider = TEST_USERS[0]!;
@@ -65,6 +66,10 @@ async function main(): Promise<void> {
       '',
       '# the same without a token: 401',
       `curl -i "${base}/api/v1/chat/history?session_id=3fa85f64-5717-4562-b3fc-2c963f66afa6"`,
+      '',
+      '# Prometheus metrics, and diagnostics on the loopback-only admin listener',
+      `curl ${base}/metrics`,
+      `curl http://127.0.0.1:${process.env.ADMIN_PORT ?? '9091'}/debug/vars`,
       '',
       'Ctrl-C stops the gateway and the stand-ins.',
       '',

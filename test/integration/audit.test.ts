@@ -518,6 +518,64 @@ describe('the audit trail', { timeout: 90_000 }, () => {
     }
   });
 
+  it(
+    'PHI requests admitted concurrently just below the spool bound are all audited, or refused',
+    {
+      timeout: 30_000,
+      todo: 'gateway bug: the 503 check (audit.accepting) runs before forwarding, the event is appended after the response; concurrent PHI requests admitted while the spool had room for one more event are served and all but one of their events dropped',
+    },
+    async () => {
+      const audit = await auditService();
+      const phiUpstream = await startUpstream();
+      const gw = await startTestGateway(
+        {
+          services: { backend: { instances: [upstream.url] }, records: { instances: [phiUpstream.url] } },
+          routes: [
+            { name: 'records', service: 'records', pattern: '/api/records/:id', methods: ['GET'], permission: 'records:read', phi: true },
+            { name: 'notes', service: 'backend', path: '/api/notes', methods: ['GET'] },
+          ],
+        },
+        { AUDIT_SERVICE_URL: audit.url, AUDIT_SPOOL_MAX_MB: '1' },
+      );
+      try {
+        const token = await tokenFor('health_provider', PROVIDER);
+        const headers = { authorization: `Bearer ${token}` };
+        const max = 1024 * 1024;
+        const one = await get(gw.url, '/api/notes', { token });
+        assert.equal(one.statusCode, 200);
+        const eventBytes = await until('the first event in the spool', 5_000, async () => {
+          const bytes = metric(await metrics(gw.url), 'api_gateway_audit_spool_bytes');
+          return bytes > 0 ? bytes : undefined;
+        });
+        // Fill to within one event of the bound (the audit service is down: nothing drains).
+        for (;;) {
+          const room = max - metric(await metrics(gw.url), 'api_gateway_audit_spool_bytes');
+          if (room <= eventBytes) break;
+          const n = Math.min(50, Math.max(1, Math.floor(room / eventBytes) - 1));
+          await Promise.all(Array.from({ length: n }, () => get(gw.url, '/api/notes', { token })));
+        }
+        const droppedBefore = metric(await metrics(gw.url), 'api_gateway_audit_events_dropped_total');
+        assert.equal(droppedBefore, 0);
+
+        const statuses = await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => (await read(request(`${gw.url}/api/records/rec-${i}`, { headers }))).statusCode),
+        );
+        const served = statuses.filter((s) => s === 200).length;
+        const dropped = await until('the burst to be recorded', 5_000, async () => {
+          const d = metric(await metrics(gw.url), 'api_gateway_audit_events_dropped_total');
+          const backlog = metric(await metrics(gw.url), 'api_gateway_audit_spool_bytes');
+          return backlog >= max || d > 0 ? d : undefined;
+        });
+        assert.equal(phiUpstream.received.length, served);
+        assert.equal(dropped, 0, `${served} PHI requests served (${statuses.join(',')}), ${dropped} of their audit events dropped`);
+      } finally {
+        await gw.close();
+        await phiUpstream.close();
+        await audit.stop();
+      }
+    },
+  );
+
   it('AUDIT_ENABLED=false: no events, no spool folder, PHI routes serve', async () => {
     const audit = await auditService();
     await audit.start();
