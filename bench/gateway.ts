@@ -62,6 +62,10 @@ routes:
       ROUTES_FILE: routes,
       LOG_LEVEL: 'INFO',
       AUTH_SERVICE_URL: 'http://127.0.0.1:9',
+      // Authenticated rows pay for the audit trail as in production: spooled on disk, delivered
+      // in batches (the upstream nginx answers 200 to the audit service's path like to any other).
+      AUDIT_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
+      AUDIT_SPOOL_DIR: join(dir, `${name}.audit-spool`),
       ...(redisUrl !== null ? { REDIS_URL: redisUrl } : undefined),
     },
     stdout: out,
