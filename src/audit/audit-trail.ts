@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Pool } from 'undici';
 import type { Logger } from '../observability/logger.js';
 import type { Exchange } from '../pipeline/exchange.js';
@@ -8,7 +10,8 @@ const EVENTS_PATH = '/api/v1/audit/events';
 const BATCH = 500;
 const IDLE_WAIT_MS = 1_000;
 const FIRST_BACKOFF_MS = 200;
-const MAX_BACKOFF_MS = 30_000;
+/** Short, so that PHI routes refused for a full spool serve again soon after the audit service is back. */
+const MAX_BACKOFF_MS = 5_000;
 
 export interface AuditOptions {
   serviceUrl: string;
@@ -31,6 +34,8 @@ export class AuditTrail {
   // Counters, read by /metrics.
   delivered = 0;
   dropped = 0;
+  /** Events the audit service refused as invalid (4xx): set aside in the spool's `rejected` folder. */
+  rejected = 0;
   failures = 0;
   /** True while the last delivery attempt failed. */
   failing = false;
@@ -94,7 +99,8 @@ export class AuditTrail {
       phi: route.phi,
       service: 'api-gateway',
     };
-    if (!this.spool.append(JSON.stringify(event))) {
+    // A PHI request was admitted only while the spool had room: its event may use the headroom.
+    if (!this.spool.append(JSON.stringify(event), route.phi)) {
       this.dropped++;
       if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
     }
@@ -138,7 +144,12 @@ export class AuditTrail {
         }
       }
       try {
-        if (events.length > 0) await this.send(events);
+        if (events.length > 0) {
+          const refused = await this.send(events);
+          // A batch the service will never take must not block every later event: it is kept
+          // aside on disk for an operator, and delivery goes on.
+          if (refused !== null) await this.setAside(batch.lines, refused);
+        }
         await this.spool.ack(batch);
         this.delivered += events.length;
         if (this.failing) this.logger.info({ backlog_bytes: this.spool.backlog }, 'audit service takes events again');
@@ -154,7 +165,17 @@ export class AuditTrail {
     }
   }
 
-  private async send(events: unknown[]): Promise<void> {
+  private async setAside(lines: string[], status: number): Promise<void> {
+    const dir = join(this.options.spoolDir, 'rejected');
+    await mkdir(dir, { recursive: true });
+    const file = join(dir, `rejected-${Date.now()}.jsonl`);
+    await writeFile(file, `${lines.join('\n')}\n`, { flag: 'a' });
+    this.rejected += lines.length;
+    this.logger.error({ status, events: lines.length, file }, 'the audit service refused a batch as invalid; kept aside for an operator');
+  }
+
+  /** Null when the service took the batch; the status when it refused it as invalid (4xx other than 408/429). */
+  private async send(events: unknown[]): Promise<number | null> {
     const res = await this.pool.request({
       path: EVENTS_PATH,
       method: 'POST',
@@ -164,7 +185,9 @@ export class AuditTrail {
       bodyTimeout: this.options.requestTimeoutMs,
     });
     await res.body.dump();
-    if (res.statusCode < 200 || res.statusCode >= 300) throw new Error(`the audit service answered ${res.statusCode}`);
+    if (res.statusCode >= 200 && res.statusCode < 300) return null;
+    if (res.statusCode >= 400 && res.statusCode < 500 && res.statusCode !== 408 && res.statusCode !== 429) return res.statusCode;
+    throw new Error(`the audit service answered ${res.statusCode}`);
   }
 
   private sleep(ms: number): Promise<void> {

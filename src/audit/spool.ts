@@ -64,21 +64,27 @@ export class Spool {
     return spool;
   }
 
-  /** One writer per folder: a second gateway on the same spool would interleave and double-deliver. */
+  /**
+   * One writer per folder: a second gateway on the same spool would interleave and double-deliver.
+   * The LOCK file is created exclusively; one left by a process that is gone is taken over.
+   */
   private async lock(): Promise<void> {
     const key = resolve(this.dir);
     if (OPEN_HERE.has(key)) throw new SpoolInUse(`${this.dir} is in use by another gateway in this process`);
     const file = join(this.dir, 'LOCK');
-    try {
-      const holder = Number((await readFile(file, 'utf8')).trim());
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await writeFile(file, String(process.pid), { flag: 'wx' });
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw err;
+      }
+      const holder = Number((await readFile(file, 'utf8').catch(() => '')).trim());
       if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && alive(holder)) {
         throw new SpoolInUse(`${this.dir} is in use by process ${holder}`);
       }
-    } catch (err) {
-      if (err instanceof SpoolInUse) throw err;
-      // No lock file, or an unreadable one: take it.
+      await rm(file, { force: true });
     }
-    await writeFile(file, String(process.pid));
     OPEN_HERE.add(key);
   }
 
@@ -101,9 +107,15 @@ export class Spool {
     return this.writeError;
   }
 
-  /** Queues one record (one line of JSON, no newline). False when the spool is full. */
-  append(line: string): boolean {
-    if (this.closed || !this.accepting) return false;
+  /**
+   * Queues one record (one line of JSON, no newline). False when the spool is full. A record of
+   * work already admitted while the spool had room (`admitted`) may use the headroom above the
+   * bound: a request that was let in is never left unrecorded because others filled the spool
+   * meanwhile.
+   */
+  append(line: string, admitted = false): boolean {
+    if (this.closed || this.writeError !== null) return false;
+    if (this.backlogBytes >= (admitted ? this.maxBytes + headroom(this.maxBytes) : this.maxBytes)) return false;
     const bytes = Buffer.byteLength(line) + 1;
     this.pending.push(line);
     this.pendingBytes += bytes;
@@ -276,6 +288,11 @@ export class Spool {
     this.activeNumber = numbers.length > 0 ? numbers[numbers.length - 1]! : this.cursor.segment;
     if (numbers.length === 0 && this.cursor.segment === 0) this.cursor = { segment: 1, offset: 0 };
   }
+}
+
+/** Room above the bound for records of admitted work: a tenth of it, at least 1 MiB. */
+function headroom(maxBytes: number): number {
+  return Math.max(Math.floor(maxBytes / 10), 1024 * 1024);
 }
 
 function alive(pid: number): boolean {

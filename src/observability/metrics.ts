@@ -247,6 +247,7 @@ export class Metrics {
       this.registry.registerMetric(scraped(name, help, type, 'sum', () => [{ labels: {}, value: read() }]) as never);
     one('api_gateway_audit_events_delivered_total', 'Audit events the audit service accepted', 'counter', () => audit.delivered);
     one('api_gateway_audit_events_dropped_total', 'Audit events that could not be kept (spool full or unwritable)', 'counter', () => audit.dropped);
+    one('api_gateway_audit_events_rejected_total', 'Audit events the audit service refused as invalid, kept aside in the spool folder', 'counter', () => audit.rejected);
     one('api_gateway_audit_delivery_failures_total', 'Failed deliveries to the audit service (retried)', 'counter', () => audit.failures);
     one('api_gateway_audit_spool_bytes', 'Bytes of audit events waiting in the spool', 'gauge', () => audit.backlogBytes);
   }
