@@ -527,7 +527,7 @@ function endSpans(ex: Exchange, status: number): void {
   if (ex.stageSpan !== null) endStage(ex, null);
   const upstream = ex.upstreamSpan;
   if (upstream !== null) {
-    if (ex.upstreamOrigin !== null) upstream.setAttribute('server.address', ex.upstreamOrigin);
+    if (ex.upstreamOrigin !== null) Tracing.setServer(upstream, ex.upstreamOrigin);
     if (ex.retries > 0) upstream.setAttribute('gateway.retries', ex.retries);
     Tracing.endWithStatus(upstream, ex.upstreamStatus, ex.upstreamStatus === 0 ? ex.errorCode : null);
   }

@@ -96,11 +96,23 @@ export class Tracing {
     return out;
   }
 
+  /** `status` 0: no response came (a client span that failed); the span is an error without a status code. */
   static endWithStatus(span: Span, status: number, errorCode: string | null): void {
-    span.setAttribute('http.response.status_code', status);
+    if (status !== 0) span.setAttribute('http.response.status_code', status);
     if (errorCode !== null) span.setAttribute('error.type', errorCode);
-    if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+    if (status >= 500 || status === 0) span.setStatus({ code: SpanStatusCode.ERROR });
     span.end();
+  }
+
+  /** `server.address` and `server.port` of an upstream origin, as the HTTP conventions name them. */
+  static setServer(span: Span, origin: string): void {
+    try {
+      const url = new URL(origin);
+      span.setAttribute('server.address', url.hostname.replace(/^\[|\]$/g, ''));
+      span.setAttribute('server.port', Number(url.port) || (url.protocol === 'https:' ? 443 : 80));
+    } catch {
+      // An origin from the config is always a URL; nothing to add otherwise.
+    }
   }
 
   async shutdown(): Promise<void> {
@@ -108,11 +120,19 @@ export class Tracing {
   }
 }
 
-/** The trace id of a valid W3C traceparent (`00-<32 hex>-<16 hex>-<2 hex>`), for the access log when tracing is off. */
+/**
+ * The trace id of a traceparent that W3C Trace Context accepts (as the propagator does when
+ * tracing is on), for the access log when tracing is off: version not ff, version 00 exactly
+ * 55 characters, trace id and parent id not all zero.
+ */
 export function traceIdOf(traceparent: string | string[] | undefined): string | null {
-  if (typeof traceparent !== 'string' || traceparent.length < 55 || traceparent.charCodeAt(2) !== 45 /* - */) return null;
-  const id = traceparent.slice(3, 35);
-  return TRACE_ID.test(id) && id !== '00000000000000000000000000000000' ? id : null;
+  if (typeof traceparent !== 'string' || traceparent.length < 55) return null;
+  const m = TRACEPARENT.exec(traceparent);
+  if (m === null) return null;
+  const [, version, traceId, parentId] = m;
+  if (version === 'ff' || (version === '00' && traceparent.length !== 55)) return null;
+  if (traceId === '00000000000000000000000000000000' || parentId === '0000000000000000') return null;
+  return traceId!;
 }
 
-const TRACE_ID = /^[0-9a-f]{32}$/;
+const TRACEPARENT = /^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(?:-.*)?$/;
