@@ -134,6 +134,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
           spoolDir: cluster.isWorker ? join(env.AUDIT_SPOOL_DIR, `worker-${process.env.GATEWAY_WORKER_SLOT ?? cluster.worker!.id}`) : env.AUDIT_SPOOL_DIR,
           spoolMaxBytes: env.AUDIT_SPOOL_MAX_MB * 1024 * 1024,
           requestTimeoutMs: env.AUDIT_REQUEST_TIMEOUT_MS,
+          ca: upstreamCa,
         },
         logger,
       ).catch((err: unknown) => {
@@ -145,7 +146,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit, memoryLimitBytes) : null;
   const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => metrics?.configReload(ok));
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
-  const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64 });
+  const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64, ca: upstreamCa });
   const accessCheck = new AccessCheck(accessControl, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger, (ex) => metrics?.rateLimitExceeded(ex.identity?.userId ?? ex.clientIp));
   const authFailures = new AuthFailureLimit(accessControl, env.RATE_LIMIT_PER_MINUTE, logger);
   const flows = new AuthFlows(
@@ -213,7 +214,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
         // One port, both protocols: ALPN picks h2, clients that do not offer it get HTTP/1.1
         // from the same server with the same limits.
         const h2 = createSecureServer(
-          { allowHTTP1: true, cert: tlsMaterial.cert, key: tlsMaterial.key, minVersion: MIN_TLS_VERSION, settings: { maxHeaderListSize: env.MAX_HEADER_BYTES } },
+          { allowHTTP1: true, cert: tlsMaterial.cert, key: tlsMaterial.key, minVersion: MIN_TLS_VERSION, settings: { maxHeaderListSize: env.MAX_HEADER_BYTES, maxConcurrentStreams: H2_MAX_STREAMS } },
           handler as unknown as Parameters<typeof createSecureServer>[1],
         );
         h2.on('session', (session: Http2Session) => {
@@ -372,6 +373,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     }
     ex.route = match.route;
     ex.params = match.params;
+    ex.permissions = config.permissions;
     if (ex.span !== null) {
       ex.span.updateName(`${req.method} ${match.route.template}`);
       ex.span.setAttribute('http.route', match.route.template);
@@ -409,7 +411,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       }
       return refuse(res, ex, authenticated);
     }
-    const denied = authorize(ex, compiled.permissions, req.headers[BREAK_GLASS_HEADER]);
+    const denied = authorize(ex, ex.permissions!, req.headers[BREAK_GLASS_HEADER]);
     if (denied !== null) return refuse(res, ex, denied);
     if (ex.breakGlass !== null) {
       logger.warn({ request_id: ex.id, route: ex.route!.name, user_id: ex.identity!.userId, break_glass: true }, 'break-glass access');
@@ -428,8 +430,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     }
     const route = ex.route!;
     // PHI is never served unaudited: with the spool full or unwritable the answer is 503.
-    if (route.phi && audit !== null && !audit.accepting) {
-      return answer(res, ex, 'GW_AUDIT_UNAVAILABLE', 'the audit trail cannot record this request; PHI is not served unaudited', { 'retry-after': '30' });
+    if (route.phi && audit !== null) {
+      if (!audit.accepting) return answer(res, ex, 'GW_AUDIT_UNAVAILABLE', 'the audit trail cannot record this request; PHI is not served unaudited', { 'retry-after': '30' });
+      ex.auditAdmitted = true;
     }
     if (route.action === null) return forward(ex, route, req, res, upstreamHeaders(ex, req, route), onForwarded, null);
     flows
@@ -451,7 +454,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
   const onForwarded = (ex: Exchange, err: Error | null) => {
     ex.after?.(ex);
-    if (err !== null && ex.errorCode !== null) {
+    // The gateway's own refusals (breaker, no instance) are in the access line; this is for upstream failures.
+    if (err !== null && ex.errorCode !== null && ex.upstreamOrigin !== null) {
       logger.warn({ request_id: ex.id, route: ex.route?.name, upstream: ex.upstreamOrigin, error_code: ex.errorCode, cause: (err as NodeJS.ErrnoException).code }, 'upstream request failed');
     }
   };
@@ -533,6 +537,9 @@ function endSpans(ex: Exchange, status: number): void {
   }
   Tracing.endWithStatus(ex.span!, status, ex.errorCode);
 }
+
+/** Streams one HTTP/2 connection may have open: one client cannot take the circuit breaker's whole budget. */
+const H2_MAX_STREAMS = 128;
 
 /** How often the health checks run by themselves, for the dependency gauges. */
 const HEALTH_REFRESH_MS = 15_000;

@@ -37,13 +37,15 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
   const fork = (slot: number): Worker => {
     const worker = cluster.fork({ GATEWAY_WORKER_SLOT: String(slot) });
     slots.set(worker, slot);
+    // A send to a worker that has just died must not take the primary down with it.
+    worker.on('error', (err) => logger.warn({ err, slot }, 'worker channel error'));
     startedAt.set(slot, Date.now());
     worker.on('message', (message: MetricsMessage) => {
       if (message?.type !== METRICS_REQUEST) return;
       aggregator
         .clusterMetrics()
-        .then((body) => worker.send({ type: METRICS_RESPONSE, id: message.id, body }))
-        .catch((err: unknown) => worker.send({ type: METRICS_RESPONSE, id: message.id, error: (err as Error).message }));
+        .then((body) => reply(worker, { type: METRICS_RESPONSE, id: message.id, body }))
+        .catch((err: unknown) => reply(worker, { type: METRICS_RESPONSE, id: message.id, error: (err as Error).message }));
     });
     return worker;
   };
@@ -65,7 +67,8 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
     const delay = quick ? Math.min((delays.get(slot) ?? RESTART_DELAY_MS / 2) * 2, MAX_RESTART_DELAY_MS) : RESTART_DELAY_MS;
     delays.set(slot, delay);
     logger.error({ worker_pid: worker.process.pid, code, signal, slot, restart_in_ms: delay }, 'worker exited; starting another');
-    setTimeout(() => !stopping && fork(slot), delay).unref();
+    // Not unref'd: with every worker gone, this timer is what keeps the primary alive to restart them.
+    setTimeout(() => !stopping && fork(slot), delay);
   });
 
   for (let i = 0; i < count; i++) fork(i);
@@ -90,6 +93,10 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function reply(worker: Worker, message: MetricsMessage): void {
+  if (worker.isConnected()) worker.send(message, undefined, () => undefined);
 }
 
 /**

@@ -18,6 +18,8 @@ export interface AuditOptions {
   spoolDir: string;
   spoolMaxBytes: number;
   requestTimeoutMs: number;
+  /** CAs for an https:// audit service (UPSTREAM_CA_FILE). */
+  ca?: Buffer;
 }
 
 /**
@@ -40,6 +42,8 @@ export class AuditTrail {
   /** True while the last delivery attempt failed. */
   failing = false;
   private stopped = false;
+  /** Halved when the service says a batch is too large (413). */
+  private batchSize = BATCH;
   private loop: Promise<void> | null = null;
   private readonly pool: Pool;
   private readonly origin: string;
@@ -52,7 +56,7 @@ export class AuditTrail {
     private readonly logger: Logger,
   ) {
     this.origin = new URL(options.serviceUrl).origin;
-    this.pool = new Pool(this.origin, { connections: 2, connect: { timeout: options.requestTimeoutMs } });
+    this.pool = new Pool(this.origin, { connections: 2, connect: options.ca === undefined ? { timeout: options.requestTimeoutMs } : { timeout: options.requestTimeoutMs, ca: options.ca } });
   }
 
   static async open(options: AuditOptions, logger: Logger): Promise<AuditTrail> {
@@ -99,8 +103,8 @@ export class AuditTrail {
       phi: route.phi,
       service: 'api-gateway',
     };
-    // A PHI request was admitted only while the spool had room: its event may use the headroom.
-    if (!this.spool.append(JSON.stringify(event), route.phi)) {
+    // A PHI request was let through only while the spool had room: its event may use the headroom.
+    if (!this.spool.append(JSON.stringify(event), ex.auditAdmitted)) {
       this.dropped++;
       if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
     }
@@ -127,7 +131,7 @@ export class AuditTrail {
     while (!this.stopped) {
       let batch;
       try {
-        batch = await this.spool.read(BATCH, IDLE_WAIT_MS);
+        batch = await this.spool.read(this.batchSize, IDLE_WAIT_MS);
       } catch (err) {
         this.logger.error({ err }, 'cannot read the audit spool');
         await this.sleep(MAX_BACKOFF_MS);
@@ -186,7 +190,10 @@ export class AuditTrail {
     });
     await res.body.dump();
     if (res.statusCode >= 200 && res.statusCode < 300) return null;
-    if (res.statusCode >= 400 && res.statusCode < 500 && res.statusCode !== 408 && res.statusCode !== 429) return res.statusCode;
+    // Only "this content is invalid" sets a batch aside; a wrong path, missing credentials or an
+    // overloaded service are outages, retried with the events kept in order.
+    if (res.statusCode === 400 || res.statusCode === 422) return res.statusCode;
+    if (res.statusCode === 413 && this.batchSize > 1) this.batchSize = Math.max(1, Math.floor(this.batchSize / 2));
     throw new Error(`the audit service answered ${res.statusCode}`);
   }
 

@@ -7,6 +7,10 @@ const SEGMENT_BYTES = 8 * 1024 * 1024;
 const COMMIT_MS = 10;
 /** A commit starts at once when this much is waiting. */
 const COMMIT_BYTES = 256 * 1024;
+/** A write the disk refused is tried again after this long. */
+const WRITE_RETRY_MS = 1_000;
+/** Bytes read from a segment at a time: many events, far more than one. */
+const READ_BYTES = 1024 * 1024;
 const SEGMENT = /^segment-(\d{12})\.jsonl$/;
 
 /** Spool folders open in this process: two gateways must never share one. */
@@ -185,24 +189,34 @@ export class Spool {
   }
 
   private async commit(): Promise<void> {
-    if (this.pending.length === 0 || this.writeError !== null) return;
-    const data = Buffer.from(`${this.pending.join('\n')}\n`);
+    if (this.pending.length === 0) return;
+    const lines = this.pending;
+    const bytes = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
+    const data = Buffer.from(`${lines.join('\n')}\n`);
     try {
-      if (this.active === null || this.activeBytes >= SEGMENT_BYTES) await this.nextSegment();
+      // After a failed write, a fresh segment: never append after what the failure may have torn.
+      if (this.active === null || this.activeBytes >= SEGMENT_BYTES || this.writeError !== null) await this.nextSegment();
       await this.active!.write(data);
       await this.active!.datasync();
       this.activeBytes += data.length;
+      this.writeError = null;
     } catch (err) {
-      // A disk that cannot take writes: nothing more is accepted (PHI routes fail closed).
+      // A disk that cannot take writes (full, read-only): nothing more is accepted meanwhile (PHI
+      // routes fail closed), the records already accepted wait in memory, in order, and the write
+      // is tried again.
       this.writeError = err as Error;
+      this.pending = lines.concat(this.pending);
+      this.pendingBytes += bytes;
+      this.commitSoon(WRITE_RETRY_MS);
     }
     for (const wake of this.waiters.splice(0)) wake(true);
   }
 
   private async nextSegment(): Promise<void> {
-    await this.active?.close();
+    await this.active?.close().catch(() => undefined);
+    this.active = null;
     this.activeNumber++;
     this.active = await open(join(this.dir, segmentName(this.activeNumber)), 'a');
     this.activeBytes = 0;
@@ -237,21 +251,24 @@ export class Spool {
       const current = numbers.find((n) => n >= this.cursor.segment);
       if (current === undefined) return null;
       if (current !== this.cursor.segment) this.cursor = { segment: current, offset: 0 };
+      // Which segment is being appended to, taken before reading: a rotation during the read can
+      // only finish a segment, never make a finished one grow.
+      const appending = this.active === null ? -1 : this.activeNumber;
       const file = join(this.dir, segmentName(current));
       const handle = await open(file, 'r');
       let text: string;
       try {
         const size = (await handle.stat()).size;
-        const want = Math.min(size - this.cursor.offset, 4 * 1024 * 1024);
-        const buf = Buffer.alloc(Math.max(0, want));
-        if (want > 0) await handle.read(buf, 0, want, this.cursor.offset);
-        text = buf.toString('utf8');
+        const want = Math.min(size - this.cursor.offset, READ_BYTES);
+        const buf = Buffer.allocUnsafe(Math.max(0, want));
+        const read = want > 0 ? (await handle.read(buf, 0, want, this.cursor.offset)).bytesRead : 0;
+        text = buf.toString('utf8', 0, read);
       } finally {
         await handle.close();
       }
       const last = text.lastIndexOf('\n');
       // Only the segment being appended to can still grow; any other is read to its end.
-      const finished = this.active === null || current !== this.activeNumber;
+      const finished = current !== appending;
       if (last === -1) {
         if (!finished) return null;
         // A finished segment read to its end (a torn last line after a crash is dropped): next.

@@ -52,9 +52,24 @@ const VARIABLE = /\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}/g;
  * routes file serves every deployment. Substitution happens after YAML parsing, so a value can
  * never inject YAML structure.
  */
+/**
+ * Variables a routes file may never read: secrets and credentials. The file is often editable by
+ * more people than the Secrets are (a ConfigMap), and a transform could send any value to clients.
+ */
+const SECRET_VARIABLE = /SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)|^JWT_|^REDIS_URL$|^OTEL_.*HEADERS$/;
+
 function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[], problems: string[]): unknown {
   if (typeof value === 'string') {
     return value.replace(VARIABLE, (_, name: string, fallback: string | undefined) => {
+      if (SECRET_VARIABLE.test(name)) {
+        problems.push(`${formatPath(path)}: may not use \${${name}}: secrets and credentials never go into the routes file`);
+        return '';
+      }
+      // Transforms send their values to upstreams and clients: only literal text and placeholders.
+      if (path.includes('transform')) {
+        problems.push(`${formatPath(path)}: transform values cannot use \${${name}}; write the value, or a placeholder such as {user.id}`);
+        return '';
+      }
       const found = env[name];
       if (found !== undefined && found !== '') return found;
       if (fallback !== undefined) return fallback;

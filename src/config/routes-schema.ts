@@ -141,7 +141,9 @@ const routeCorsSchema = z.union([
 ]);
 
 /** Framing and hop fields: a transform that set them could desynchronise the gateway and the upstream. */
-const FRAMING_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'keep-alive', 'expect', 'proxy-connection']);
+const FRAMING_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'keep-alive', 'expect', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'http2-settings']);
+/** Answers' fields the gateway's own policies own (CORS, HSTS): a transform may not weaken them. */
+const POLICY_HEADER = /^(access-control-|strict-transport-security$)/i;
 const transformHeaderName = headerName.refine((h) => !FRAMING_HEADERS.has(h.toLowerCase()), 'framing and hop-by-hop headers (Host, Content-Length, Transfer-Encoding, Connection...) cannot be transformed');
 const templateValue = z.string().max(4096).superRefine((v, ctx) => {
   for (const m of v.matchAll(PLACEHOLDER_LIKE)) {
@@ -155,6 +157,12 @@ const headerOps = z.strictObject({
   add: z.record(transformHeaderName, templateValue).optional(),
   remove: z.array(transformHeaderName).optional(),
 });
+const responseHeaderName = transformHeaderName.refine((h) => !POLICY_HEADER.test(h), 'Access-Control-* and Strict-Transport-Security are set by the gateway (CORS_*, HSTS_MAX_AGE_SECONDS, a route\'s cors)');
+const responseHeaderOps = z.strictObject({
+  set: z.record(responseHeaderName, templateValue).optional(),
+  add: z.record(responseHeaderName, templateValue).optional(),
+  remove: z.array(responseHeaderName).optional(),
+});
 const queryName = z.string().min(1).max(256);
 const transformSchema = z.strictObject({
   request: z
@@ -163,7 +171,7 @@ const transformSchema = z.strictObject({
       query: z.strictObject({ rename: z.record(queryName, queryName).optional(), remove: z.array(queryName).optional(), add: z.record(queryName, templateValue).optional() }).optional(),
     })
     .optional(),
-  response: z.strictObject({ headers: headerOps.optional() }).optional(),
+  response: z.strictObject({ headers: responseHeaderOps.optional() }).optional(),
   mapErrors: z.boolean().optional(),
 });
 
@@ -252,6 +260,16 @@ export const routeSchema = z
       }
       if (route.action === 'logout' || route.action === 'revoke') {
         ctx.addIssue({ code: 'custom', path: ['auth'], message: `a ${route.action} route needs auth: required` });
+      }
+    }
+    const queryOps = route.transform?.request?.query;
+    const subjectQuery = route.subject?.query;
+    if (queryOps !== undefined && subjectQuery !== undefined) {
+      // The subject check reads the client's query; a transform that changed that parameter would
+      // send the upstream a different subject than the one checked.
+      const touched = new Set([...Object.keys(queryOps.rename ?? {}), ...Object.values(queryOps.rename ?? {}), ...(queryOps.remove ?? []), ...Object.keys(queryOps.add ?? {})]);
+      if (touched.has(subjectQuery)) {
+        ctx.addIssue({ code: 'custom', path: ['transform', 'request', 'query'], message: `renames, removes or adds "${subjectQuery}", the query parameter the subject check reads` });
       }
     }
     if (route.transform !== undefined) {

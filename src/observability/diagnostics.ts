@@ -49,6 +49,7 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
     return body;
   };
 
+  let allowedHosts: Set<string> = new Set();
   const server = createServer((req, res) => {
     void handle(req, res).catch((err: unknown) => {
       logger.error({ err }, 'admin listener failed');
@@ -59,7 +60,12 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?', 1)[0];
-    if (req.method !== 'GET') return send(res, 405, { error: 'method not allowed' });
+    // A page in a browser on this host could rebind its own name to 127.0.0.1 (DNS rebinding)
+    // and read this listener same-origin: only requests addressed to loopback by name are served.
+    if (!allowedHosts.has(req.headers.host ?? '')) return send(res, 403, { error: 'the admin listener answers only requests to 127.0.0.1 or localhost' });
+    // A heap snapshot is made by an explicit POST, never by a link or a prefetch.
+    if (path === '/debug/heap-snapshot' && req.method !== 'POST') return send(res, 405, { error: 'POST /debug/heap-snapshot' });
+    if (path !== '/debug/heap-snapshot' && req.method !== 'GET') return send(res, 405, { error: 'method not allowed' });
     if (path === '/debug/vars') return send(res, 200, vars());
     if (path === '/metrics' && sources.metrics !== null) {
       const { contentType, body } = await sources.metrics();
@@ -86,12 +92,15 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
     send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics'] });
   };
 
+  allowedHosts = new Set<string>();
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, ADMIN_HOST, () => resolve());
   });
+  const bound = (server.address() as { port: number }).port;
+  for (const name of ['127.0.0.1', 'localhost']) allowedHosts.add(`${name}:${bound}`);
   server.on('close', () => loop.disable());
-  logger.info({ port: (server.address() as { port: number }).port, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
+  logger.info({ port: bound, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
   return server;
 }
 

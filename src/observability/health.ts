@@ -128,7 +128,8 @@ export class HealthMonitor {
     const dependencies = { 'auth-service': auth.status, database: database.status };
     const services: HealthReport['services'] = {};
     for (const { name, healthy, total } of this.deps.services()) {
-      services[name] = { status: healthy === total ? 'healthy' : healthy === 0 ? 'unhealthy' : 'degraded', healthy, total };
+      // No instance at all (a discovery that found none) is as bad as none healthy.
+      services[name] = { status: healthy === 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'degraded', healthy, total };
     }
     const auditState = this.deps.audit();
     const audit: HealthReport['audit'] =

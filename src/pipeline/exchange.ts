@@ -1,5 +1,6 @@
 import type { Span } from '@opentelemetry/api';
 import type { CompiledRoute } from '../config/compile.js';
+import type { PermissionMatrix } from '../auth/permissions.js';
 import type { Identity } from '../auth/identity.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 
@@ -9,6 +10,8 @@ import type { RateLimitDecision } from '../stores/rate-limit-store.js';
  */
 export class Exchange {
   route: CompiledRoute | null = null;
+  /** The permissions of the config the route came from: a reload mid-request never mixes two configs. */
+  permissions: PermissionMatrix | null = null;
   params: Record<string, string> | null = null;
   /** The canonical path (no query) the gateway matched and authorised. */
   path = '';
@@ -29,6 +32,8 @@ export class Exchange {
   upstreamSpan: Span | null = null;
   /** For the access log: the trace this request belongs to, when known. */
   traceId: string | null = null;
+  /** A PHI request let through while the audit spool had room: its event may use the spool's headroom. */
+  auditAdmitted = false;
   /** A CORS preflight the gateway answered itself: no audit event. */
   preflight = false;
   /** Tries at other instances after the first. */

@@ -35,6 +35,13 @@ class RetriedStatus extends Error {
   readonly code = 'GW_RETRIED_STATUS';
 }
 
+/** The gateway answered without calling the upstream (breaker, no instance, body too large). */
+class GatewayRefusal extends Error {
+  constructor(readonly code: ErrorCode) {
+    super(code);
+  }
+}
+
 class ClientClosed extends Error {
   readonly code = 'GW_CLIENT_CLOSED';
 }
@@ -70,15 +77,25 @@ function upstreamErrorCode(err: Error): ErrorCode {
 /** Connection-level errors before any answer: the request never reached the instance. */
 const CONNECT_ERRORS: ReadonlySet<string> = new Set(['ECONNREFUSED', 'UND_ERR_CONNECT_TIMEOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
 
-/** Whose fault a failed try was: the instance's (counted for outlier detection, maybe retried) or not. */
-function failureKind(err: Error): FailureKind | null {
-  if (err instanceof BodyTooLarge || err instanceof ClientClosed || err instanceof ResponseTimeout) return null;
+/** Errors of a connection that broke or an answer that was not HTTP: the instance's doing. */
+const RESET_ERRORS: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'UND_ERR_INFO', 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH']);
+
+/**
+ * Whose fault a failed try was: the instance's (counted for outlier detection, maybe retried) or
+ * not (null): the client left, its body was too large, or the gateway itself could not send the
+ * request (a bad argument must not eject healthy instances). `sent`: the request reached the
+ * instance, so a deadline that passed is the instance's slowness.
+ */
+function failureKind(err: Error, sent: boolean): FailureKind | null {
+  if (err instanceof BodyTooLarge || err instanceof ClientClosed) return null;
+  if (err instanceof ResponseTimeout) return sent ? 'timeout' : null;
   if (err instanceof TryTimeout) return 'timeout';
   if (err instanceof RetriedStatus) return 'status';
   const code = (err as NodeJS.ErrnoException).code ?? '';
   if (CONNECT_ERRORS.has(code)) return 'connect';
   if (code === 'UND_ERR_BODY_TIMEOUT') return 'timeout';
-  return 'reset';
+  if (RESET_ERRORS.has(code) || code.startsWith('HPE_')) return 'reset';
+  return null;
 }
 
 const DETAIL: Partial<Record<ErrorCode, string>> = {
@@ -247,7 +264,7 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
 
   private fail(err: Error): void {
     if (this.settled) return;
-    const kind = failureKind(err);
+    const kind = failureKind(err, this.controller !== null);
     this.settle(kind ?? 'neutral');
     if (this.started || this.res.destroyed) {
       // Part of the answer is on its way: the only honest signal left is a broken connection.
@@ -330,32 +347,31 @@ export function forward(
   /** A body the gateway has already read (auth flows); otherwise the client's is streamed. */
   readBody: Buffer | null,
 ): void {
-  let body: Body = readBody;
-  if (body === null && hasBody(req)) {
-    const length = req.headers['content-length'];
-    if (length !== undefined && Number(length) > route.maxBodyBytes) {
-      ex.errorCode = 'GW_BODY_TOO_LARGE';
-      writeProblem(res, 'GW_BODY_TOO_LARGE', ex.id, `request body exceeds ${route.maxBodyBytes} bytes`, { connection: 'close' }, ex.answerHeaders);
-      return;
-    }
-    body = length === undefined ? req.pipe(new BodyLimit(route.maxBodyBytes)) : req;
+  // The gateway's own refusals come first, before any byte of a streamed body is read: a body
+  // left unread then costs nothing but the connection, which is closed with the answer.
+  const streamed = readBody === null && hasBody(req);
+  const refuse = (code: ErrorCode, detail: string, headers: Record<string, string>): void => {
+    ex.errorCode = code;
+    writeProblem(res, code, ex.id, detail, streamed ? { ...headers, connection: 'close' } : headers, ex.answerHeaders);
+    // Every end of a forward passes through `done` (a login flow gives its attempt back there).
+    done(ex, new GatewayRefusal(code));
+  };
+  const length = req.headers['content-length'];
+  if (streamed && length !== undefined && Number(length) > route.maxBodyBytes) {
+    return refuse('GW_BODY_TOO_LARGE', `request body exceeds ${route.maxBodyBytes} bytes`, {});
   }
-
   const service = route.service!;
   if (service.active >= service.maxActive) {
     service.overflows++;
-    ex.errorCode = 'GW_UPSTREAM_OVERLOADED';
-    writeProblem(res, 'GW_UPSTREAM_OVERLOADED', ex.id, `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' }, ex.answerHeaders);
-    return;
+    return refuse('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' });
   }
   const now = performance.now();
   const inst = service.pick(hashKey(service, ex, req), now, null);
   if (inst === null) {
     service.unavailable++;
-    ex.errorCode = 'GW_NO_HEALTHY_UPSTREAM';
-    writeProblem(res, 'GW_NO_HEALTHY_UPSTREAM', ex.id, `no instance of the ${service.name} service is healthy`, { 'retry-after': String(service.retryAfterSeconds(now)) }, ex.answerHeaders);
-    return;
+    return refuse('GW_NO_HEALTHY_UPSTREAM', `no instance of the ${service.name} service is healthy`, { 'retry-after': String(service.retryAfterSeconds(now)) });
   }
+  const body: Body = readBody ?? (streamed ? (length === undefined ? req.pipe(new BodyLimit(route.maxBodyBytes)) : req) : null);
   // Only a request whose body the gateway holds (or that has none) can be sent twice.
   const canRetry = service.retry !== null && service.instances.length > 1;
   const replayable = canRetry && (body === null || Buffer.isBuffer(body)) && IDEMPOTENT.has(req.method!);

@@ -109,6 +109,7 @@ export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange
   const out: string[] = [];
   const named = connectionTokens(headers.connection);
   const varyOrigin = ex.route!.cors?.varyOrigin === true;
+  const hsts = ex.answerHeaders !== null && ex.answerHeaders[0] === 'strict-transport-security';
   let vary: string | null = null;
   for (const name in headers) {
     const value = headers[name];
@@ -116,6 +117,8 @@ export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange
     if (named !== null && named.has(name)) continue;
     // CORS is the gateway's policy: an upstream's own Access-Control-* answer could widen it.
     if (name.charCodeAt(0) === 97 && name.startsWith('access-control-')) continue;
+    // Browsers apply the first HSTS field: an upstream's max-age=0 must not undo the gateway's.
+    if (hsts && name === 'strict-transport-security') continue;
     if (varyOrigin && name === 'vary') {
       vary = Array.isArray(value) ? value.join(', ') : value;
       continue;

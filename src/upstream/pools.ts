@@ -3,11 +3,13 @@ import { Pool } from 'undici';
 export interface PoolOptions {
   connectTimeoutMs: number;
   maxConnections: number;
+  /** CAs for an https:// origin (UPSTREAM_CA_FILE); undefined: the system's. */
+  ca?: Buffer;
 }
 
 /**
- * One keep-alive connection pool per upstream origin and connect timeout. Pools are made when
- * the config is compiled and shared by every route that reaches the same origin.
+ * Keep-alive pools of the services the gateway itself calls (auth-rbac's session checks), one
+ * per origin and settings. Routed services have theirs in their instances (src/upstream/instance.ts).
  */
 export class UpstreamPools {
   private readonly pools = new Map<string, Pool>();
@@ -19,7 +21,7 @@ export class UpstreamPools {
       pool = new Pool(origin, {
         connections: options.maxConnections,
         pipelining: 1,
-        connect: { timeout: options.connectTimeoutMs },
+        connect: options.ca === undefined ? { timeout: options.connectTimeoutMs } : { timeout: options.connectTimeoutMs, ca: options.ca },
         keepAliveTimeout: 30_000,
         keepAliveMaxTimeout: 600_000,
         // The gateway sets per-request timeouts from the route; these are only a ceiling.

@@ -104,17 +104,29 @@ describe('admin listener on ADMIN_PORT', () => {
     await unknown.body.dump();
   });
 
-  it('GET /debug/heap-snapshot streams a heap snapshot; a second one while it runs gets 409', async () => {
+  it('refuses a heap snapshot by GET (a link or prefetch) and any request not addressed to loopback by name (DNS rebinding)', async () => {
+    const get = await request(`${admin}/debug/heap-snapshot`, { method: 'GET' });
+    assert.equal(get.statusCode, 405);
+    await get.body.dump();
+    const rebound = await request(`${admin}/debug/vars`, { headers: { host: 'attacker.example:80' } });
+    assert.equal(rebound.statusCode, 403);
+    await rebound.body.dump();
+    const byName = await request(`${admin}/debug/vars`, { headers: { host: `localhost:${new URL(admin).port}` } });
+    assert.equal(byName.statusCode, 200);
+    await byName.body.dump();
+  });
+
+  it('POST /debug/heap-snapshot streams a heap snapshot; a second one while it runs gets 409', async () => {
     // A client of its own, so the concurrent request does not queue behind the first on one socket.
     const first = new Client(admin);
     const second = new Client(admin);
     try {
-      const res = await first.request({ method: 'GET', path: '/debug/heap-snapshot' });
+      const res = await first.request({ method: 'POST', path: '/debug/heap-snapshot' });
       assert.equal(res.statusCode, 200);
       assert.equal(res.headers['content-type'], 'application/octet-stream');
       assert.match(String(res.headers['content-disposition']), /^attachment; filename="api-gateway-\d+-\d+\.heapsnapshot"$/);
       // The first body is not read yet: the snapshot is still being written.
-      const busy = await second.request({ method: 'GET', path: '/debug/heap-snapshot' });
+      const busy = await second.request({ method: 'POST', path: '/debug/heap-snapshot' });
       assert.equal(busy.statusCode, 409);
       await busy.body.dump();
 
@@ -132,14 +144,14 @@ describe('admin listener on ADMIN_PORT', () => {
 
   it('a client that leaves mid-snapshot does not block the next one', async () => {
     const client = new Client(admin);
-    const res = await client.request({ method: 'GET', path: '/debug/heap-snapshot' });
+    const res = await client.request({ method: 'POST', path: '/debug/heap-snapshot' });
     assert.equal(res.statusCode, 200);
     await client.destroy();
     // The gateway sees the socket close and ends the snapshot; a new one is allowed then.
     const deadline = Date.now() + 10_000;
     let status = 0;
     for (;;) {
-      const next = await request(`${admin}/debug/heap-snapshot`, { method: 'GET' });
+      const next = await request(`${admin}/debug/heap-snapshot`, { method: 'POST' });
       status = next.statusCode;
       await next.body.dump();
       if (status === 200 || Date.now() > deadline) break;
