@@ -196,7 +196,8 @@ export class Metrics {
   /**
    * Upstream series, read from the live services at scrape time: labelled by service and
    * instance origin, so bounded by the instances in the config (an instance that leaves takes
-   * its series with it).
+   * its series with it). The origin's label is `upstream`, not `instance`: Prometheus gives
+   * `instance` to the scraped gateway pod and would rename ours.
    */
   private registerUpstreamMetrics(): void {
     const perService = (name: string, help: string, type: 'counter' | 'gauge', read: (svc: UpstreamService) => number) =>
@@ -208,7 +209,7 @@ export class Metrics {
           const out: Value[] = [];
           for (const svc of this.upstreams()) {
             for (const inst of svc.instances) {
-              const labels = { service: svc.name, instance: inst.origin };
+              const labels = { service: svc.name, upstream: inst.origin };
               const v = read(inst, now);
               if (typeof v === 'number') out.push({ labels, value: v });
               else for (const one of v) out.push({ labels: { ...labels, ...one.labels }, value: one.value });
@@ -234,7 +235,7 @@ export class Metrics {
         const out: Value[] = [];
         for (const svc of this.upstreams()) {
           for (const inst of svc.instances) {
-            histogramValues(out, 'api_gateway_upstream_response_seconds', { service: svc.name, instance: inst.origin }, LATENCY_BUCKETS, inst.latencyBuckets, inst.latencyCount, inst.latencySum);
+            histogramValues(out, 'api_gateway_upstream_response_seconds', { service: svc.name, upstream: inst.origin }, LATENCY_BUCKETS, inst.latencyBuckets, inst.latencyCount, inst.latencySum);
           }
         }
         return out;

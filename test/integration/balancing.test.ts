@@ -205,7 +205,7 @@ describe('DNS discovery through the gateway (host localhost)', () => {
   async function instances(service: string): Promise<Record<string, number>> {
     const text = (await send(`${gw.url}/metrics`)).text;
     const out: Record<string, number> = {};
-    const re = new RegExp(`^api_gateway_upstream_healthy\\{service="${service}",instance="([^"]+)"\\} (\\d)$`, 'gm');
+    const re = new RegExp(`^api_gateway_upstream_healthy\\{service="${service}",upstream="([^"]+)"\\} (\\d)$`, 'gm');
     for (const m of text.matchAll(re)) out[m[1]!] = Number(m[2]);
     return out;
   }

@@ -436,7 +436,7 @@ describe('per-try timeout with the default retry budget', () => {
     for (const u of [slow, ...fast]) assertNoDuplicateIds(u);
     const samples = await scrape(gw);
     assert.equal(sample(samples, 'api_gateway_upstream_retries_total', { service: 'backend' }), slowIds.length);
-    assert.equal(sample(samples, 'api_gateway_upstream_failures_total', { service: 'backend', instance: slow.url, kind: 'timeout' }), slowIds.length);
+    assert.equal(sample(samples, 'api_gateway_upstream_failures_total', { service: 'backend', upstream: slow.url, kind: 'timeout' }), slowIds.length);
   });
 });
 
@@ -521,8 +521,8 @@ describe('passive outlier ejection', () => {
       const { body } = await health(gw);
       assert.deepEqual(body.services.backend, { status: 'degraded', healthy: 2, total: 3 });
       const samples = await scrape(gw);
-      assert.equal(sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', instance: bad.url }), 1);
-      assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', instance: bad.url }), 0);
+      assert.equal(sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', upstream: bad.url }), 1);
+      assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', upstream: bad.url }), 0);
     });
   });
 
@@ -544,14 +544,14 @@ describe('passive outlier ejection', () => {
     it('with two of three instances failing and maxEjectedPercent 50, ejects at most one', async () => {
       for (let i = 0; i < 30; i++) await get(gw, newId('panic'));
       const samples = await scrape(gw);
-      const ejections = [...bad, good].map((u) => sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', instance: u.url }));
+      const ejections = [...bad, good].map((u) => sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', upstream: u.url }));
       assert.equal(ejections[2 /* good */], 0);
       assert.equal(ejections.reduce((a, b) => a! + b!, 0), 1, `ejections per instance: ${JSON.stringify(ejections)}`);
       assert.equal(gw.logs.filter((l) => l.message === 'upstream instance ejected').length, 1);
       const { body } = await health(gw);
       assert.deepEqual(body.services.backend, { status: 'degraded', healthy: 2, total: 3 });
       // The failing instance left in rotation keeps its share of the traffic.
-      const kept = bad.find((u) => sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', instance: u.url }) === 0)!;
+      const kept = bad.find((u) => sample(samples, 'api_gateway_upstream_ejections_total', { service: 'backend', upstream: u.url }) === 0)!;
       const before = kept.received.length;
       for (let i = 0; i < 4; i++) await get(gw, newId('panic-after'));
       assert.equal(kept.received.length, before + 2);
@@ -576,7 +576,7 @@ describe('upstream metrics', () => {
     const SENT = 30;
     for (let i = 0; i < SENT; i++) assert.equal((await get(gw, newId('metrics'))).statusCode, 200);
     let samples = await scrape(gw);
-    const perInstance = upstreams.map((u) => sample(samples, 'api_gateway_upstream_requests_total', { service: 'backend', instance: u.url }));
+    const perInstance = upstreams.map((u) => sample(samples, 'api_gateway_upstream_requests_total', { service: 'backend', upstream: u.url }));
     assert.deepEqual(perInstance, [10, 10, 10], 'round robin spreads evenly');
     const all = samples.filter((s) => s.name === 'api_gateway_upstream_requests_total' && s.labels.service === 'backend');
     assert.equal(all.length, 3);
@@ -585,14 +585,14 @@ describe('upstream metrics', () => {
       upstreams.map((u) => u.received.length),
       [10, 10, 10],
     );
-    for (const u of upstreams) assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', instance: u.url }), 1);
+    for (const u of upstreams) assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', upstream: u.url }), 1);
 
     const dead = upstreams[2]!;
     await dead.close();
     samples = await until('api_gateway_upstream_healthy 0 for the dead instance', 5_000, async () => {
       const s = await scrape(gw);
-      return sample(s, 'api_gateway_upstream_healthy', { service: 'backend', instance: dead.url }) === 0 ? s : undefined;
+      return sample(s, 'api_gateway_upstream_healthy', { service: 'backend', upstream: dead.url }) === 0 ? s : undefined;
     });
-    for (const u of upstreams.slice(0, 2)) assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', instance: u.url }), 1);
+    for (const u of upstreams.slice(0, 2)) assert.equal(sample(samples, 'api_gateway_upstream_healthy', { service: 'backend', upstream: u.url }), 1);
   });
 });

@@ -235,8 +235,8 @@ describe('metrics exposition after mixed traffic', () => {
       assert.equal(found.length, 1, `${name}${JSON.stringify(labels)}: ${found.length} series`);
       return found[0]!.value;
     };
-    const backend = { service: 'backend', instance: upstream.url };
-    const gone = { service: 'gone', instance: `http://127.0.0.1:${deadPort}` };
+    const backend = { service: 'backend', upstream: upstream.url };
+    const gone = { service: 'gone', upstream: `http://127.0.0.1:${deadPort}` };
     assert.equal(value('api_gateway_upstream_requests_total', backend), upstream.received.length);
     assert.equal(value('api_gateway_upstream_response_seconds_count', backend), upstream.received.length);
     assert.equal(value('api_gateway_upstream_failures_total', { ...backend, kind: 'status' }), 1, 'the one 500');
@@ -246,7 +246,7 @@ describe('metrics exposition after mixed traffic', () => {
     assert.equal(value('api_gateway_upstream_failures_total', { ...gone, kind: 'connect' }), 2);
     assert.equal(value('api_gateway_upstream_response_seconds_count', gone), 0);
     assert.equal(value('api_gateway_upstream_ejections_total', gone), 0);
-    assert.ok(samples.some((s) => s.name === 'api_gateway_upstream_response_seconds_bucket' && s.labels.instance === upstream.url && s.labels.le === '+Inf'));
+    assert.ok(samples.some((s) => s.name === 'api_gateway_upstream_response_seconds_bucket' && s.labels.upstream === upstream.url && s.labels.le === '+Inf'));
     for (const svc of ['backend', 'gone']) {
       for (const name of ['api_gateway_upstream_retries_total', 'api_gateway_upstream_unavailable_total', 'api_gateway_upstream_overflow_total', 'api_gateway_upstream_active_requests']) {
         value(name, { service: svc });
@@ -254,7 +254,7 @@ describe('metrics exposition after mixed traffic', () => {
     }
     assert.equal(value('api_gateway_upstream_active_requests', { service: 'backend' }), 0);
     // Every per-instance series names a configured instance, nothing else.
-    const instances = new Set(samples.filter((s) => s.labels.instance !== undefined).map((s) => s.labels.instance));
+    const instances = new Set(samples.filter((s) => s.labels.upstream !== undefined).map((s) => s.labels.upstream));
     assert.deepEqual([...instances].sort(), [upstream.url, `http://127.0.0.1:${deadPort}`].sort());
   });
 

@@ -358,8 +358,8 @@ describe('upstream state across a reload', () => {
   let two: TestUpstream;
   let gw: TestGateway;
   let twoHealthy = true;
-  const healthOf = (u: TestUpstream) => `api_gateway_upstream_healthy{service="pair",instance="${u.url}"}`;
-  const requestsOf = (u: TestUpstream) => `api_gateway_upstream_requests_total{service="pair",instance="${u.url}"}`;
+  const healthOf = (u: TestUpstream) => `api_gateway_upstream_healthy{service="pair",upstream="${u.url}"}`;
+  const requestsOf = (u: TestUpstream) => `api_gateway_upstream_requests_total{service="pair",upstream="${u.url}"}`;
   const routes = (names: string[], maxConcurrentRequests: number) => ({
     services: {
       pair: {
