@@ -57,6 +57,8 @@ function allowOriginValue(policy: CorsPolicy, origin: string): string {
  * browser then keeps the answer from the page.
  */
 export function corsHeaders(policy: CorsPolicy, origin: string | undefined, base: readonly string[] | null): readonly string[] | null {
+  // The common case of a list policy, a request without Origin: one shared answer, no copy.
+  if (origin === undefined && base === null) return policy.varyOrigin ? VARY_ORIGIN : null;
   const out = base === null ? [] : [...base];
   if (policy.varyOrigin) out.push('vary', 'Origin');
   if (origin !== undefined && allowed(policy, origin)) {
@@ -66,6 +68,8 @@ export function corsHeaders(policy: CorsPolicy, origin: string | undefined, base
   }
   return out.length === 0 ? base : out;
 }
+
+const VARY_ORIGIN: readonly string[] = Object.freeze(['vary', 'Origin']);
 
 export type PreflightVerdict = { ok: true; headers: Record<string, string> } | { ok: false; detail: string };
 

@@ -153,8 +153,9 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
     private readonly deadline: number,
     /** Instances tried before this one; null on a first try that may never be retried. */
     private readonly tried: Instance[] | null,
+    /** performance.now(), read once by the caller. */
+    now: number,
   ) {
-    const now = performance.now();
     this.sentAt = now;
     // undici's own headersTimeout runs on a coarse timer (about 500 ms ticks) and only once the
     // request is written: a 200 ms route timeout could fire after a second, and a request queued
@@ -277,7 +278,7 @@ class ProxyAttempt implements Dispatcher.DispatchHandler {
       this.ex.retries++;
       const tried = this.tried!;
       tried.push(this.inst);
-      new ProxyAttempt(this.ex, this.route, this.service, next, this.req, this.res, this.headers, this.target, this.body, this.done, this.deadline, tried).dispatch();
+      new ProxyAttempt(this.ex, this.route, this.service, next, this.req, this.res, this.headers, this.target, this.body, this.done, this.deadline, tried, performance.now()).dispatch();
       return;
     }
     const code = upstreamErrorCode(err);
@@ -379,5 +380,5 @@ export function forward(
   const path = route.rewrite(ex.path, ex.params);
   const queryOps = route.transform?.query;
   const query = queryOps == null ? ex.query : transformQuery(ex.query, queryOps, ex);
-  new ProxyAttempt(ex, route, service, inst, req, res, headers, query === '' ? path : `${path}?${query}`, body, done, now + route.timeoutMs, replayable ? [] : null).dispatch();
+  new ProxyAttempt(ex, route, service, inst, req, res, headers, query === '' ? path : `${path}?${query}`, body, done, now + route.timeoutMs, replayable ? [] : null, now).dispatch();
 }
