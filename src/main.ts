@@ -9,35 +9,25 @@ import { startGateway } from './start.js';
  * field; SIGTERM/SIGINT turn readiness false, refuse new connections, let in-flight requests
  * finish (up to SHUTDOWN_TIMEOUT_MS) and exit 0.
  */
+/** A config error ends the process with its message and exit code 1; anything else propagates. */
+function exitOnConfigError(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`api-gateway: ${err.message}\n`);
+    process.exit(1);
+  }
+  throw err;
+}
+
 async function main(): Promise<void> {
   if (cluster.isPrimary) {
     // Checked once here, so that a bad config stops the process before any worker starts.
-    let config;
-    try {
-      config = await loadConfig(process.env);
-    } catch (err) {
-      if (err instanceof ConfigError) {
-        process.stderr.write(`api-gateway: ${err.message}\n`);
-        process.exit(1);
-      }
-      throw err;
-    }
+    const config = await loadConfig(process.env).catch(exitOnConfigError);
     if (config.env.WORKERS > 1) {
       runPrimary(config.env.WORKERS, config.env.SHUTDOWN_TIMEOUT_MS, createLoggers(config.env.LOG_LEVEL).log);
       return;
     }
   }
-  let running;
-  try {
-    running = await startGateway(process.env);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`api-gateway: ${err.message}\n`);
-      process.exit(1);
-    }
-    throw err;
-  }
-  const { gateway, config, logger } = running;
+  const { gateway, config, logger } = await startGateway(process.env).catch(exitOnConfigError);
   const timeoutMs = config.env.SHUTDOWN_TIMEOUT_MS;
 
   let stopping = false;
