@@ -9,6 +9,8 @@ import { Spool } from './spool.js';
 const EVENTS_PATH = '/api/v1/audit/events';
 const BATCH = 500;
 const IDLE_WAIT_MS = 1_000;
+/** Batches delivered at a reduced size (after a 413) before the size is doubled again. */
+const GROW_AFTER = 100;
 const FIRST_BACKOFF_MS = 200;
 /** Short, so that PHI routes refused for a full spool serve again soon after the audit service is back. */
 const MAX_BACKOFF_MS = 5_000;
@@ -44,6 +46,9 @@ export class AuditTrail {
   private stopped = false;
   /** Halved when the service says a batch is too large (413). */
   private batchSize = BATCH;
+  /** A 413 is answered by a smaller batch at once, not after a back-off. */
+  private retryNow = false;
+  private untilGrow = GROW_AFTER;
   private loop: Promise<void> | null = null;
   private readonly pool: Pool;
   private readonly origin: string;
@@ -142,11 +147,20 @@ export class AuditTrail {
         }
         await this.spool.ack(batch);
         this.delivered += events.length;
+        // After a 413 the size grows back, slowly: doubled after every GROW_AFTER batches taken.
+        if (this.batchSize < BATCH && --this.untilGrow <= 0) {
+          this.batchSize = Math.min(BATCH, this.batchSize * 2);
+          this.untilGrow = GROW_AFTER;
+        }
         if (this.failing) this.logger.info({ backlog_bytes: this.spool.backlog }, 'audit service takes events again');
         this.failing = false;
         backoff = FIRST_BACKOFF_MS;
       } catch (err) {
         this.failures++;
+        if (this.retryNow) {
+          this.retryNow = false;
+          continue;
+        }
         if (!this.failing) this.logger.warn({ err: (err as Error).message, backlog_bytes: this.spool.backlog }, 'audit service unavailable; events wait in the spool');
         this.failing = true;
         await this.sleep(backoff);
@@ -179,7 +193,14 @@ export class AuditTrail {
     // Only "this content is invalid" sets a batch aside; a wrong path, missing credentials or an
     // overloaded service are outages, retried with the events kept in order.
     if (res.statusCode === 400 || res.statusCode === 422) return res.statusCode;
-    if (res.statusCode === 413 && this.batchSize > 1) this.batchSize = Math.max(1, Math.floor(this.batchSize / 2));
+    if (res.statusCode === 413) {
+      // Too large: the next try sends half of what was refused, at once. One event refused as
+      // too large can never go through: it is set aside like an invalid one.
+      if (events.length === 1) return res.statusCode;
+      this.batchSize = Math.max(1, Math.floor(events.length / 2));
+      this.untilGrow = GROW_AFTER;
+      this.retryNow = true;
+    }
     throw new Error(`the audit service answered ${res.statusCode}`);
   }
 
