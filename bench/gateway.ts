@@ -66,6 +66,8 @@ routes:
       // in batches (the upstream nginx answers 200 to the audit service's path like to any other).
       AUDIT_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
       AUDIT_SPOOL_DIR: join(dir, `${name}.audit-spool`),
+      // BENCH_AUDIT=off measures the same rows without the audit trail, to see what it costs.
+      ...(process.env.BENCH_AUDIT === 'off' ? { AUDIT_ENABLED: 'false' } : undefined),
       ...(redisUrl !== null ? { REDIS_URL: redisUrl } : undefined),
     },
     stdout: out,
