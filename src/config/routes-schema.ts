@@ -265,11 +265,12 @@ export const routeSchema = z
     const queryOps = route.transform?.request?.query;
     const subjectQuery = route.subject?.query;
     if (queryOps !== undefined && subjectQuery !== undefined) {
-      // The subject check reads the client's query; a transform that changed that parameter would
-      // send the upstream a different subject than the one checked.
-      const touched = new Set([...Object.keys(queryOps.rename ?? {}), ...Object.values(queryOps.rename ?? {}), ...(queryOps.remove ?? []), ...Object.keys(queryOps.add ?? {})]);
+      // The subject check reads the client's query; a transform that replaced that parameter's
+      // value (a rename into it, a removal, an added value) would send the upstream a different
+      // subject than the one checked. Renaming it away is fine: the checked value goes along.
+      const touched = new Set([...Object.values(queryOps.rename ?? {}), ...(queryOps.remove ?? []), ...Object.keys(queryOps.add ?? {})]);
       if (touched.has(subjectQuery)) {
-        ctx.addIssue({ code: 'custom', path: ['transform', 'request', 'query'], message: `renames, removes or adds "${subjectQuery}", the query parameter the subject check reads` });
+        ctx.addIssue({ code: 'custom', path: ['transform', 'request', 'query'], message: `replaces "${subjectQuery}" (a rename into it, a removal or an added value), the query parameter the subject check reads` });
       }
     }
     if (route.transform !== undefined) {
