@@ -6,6 +6,7 @@ import { expectProblem, send, type TimedAnswer } from '../helpers/http.js';
 import { until } from '../helpers/poll.js';
 import { freePort } from '../helpers/ports.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { parseExposition, sampleValue, type Sample } from '../helpers/prometheus.js';
 
 /**
  * Load balancing against real loopback instances through the real gateway: failover while an
@@ -92,31 +93,14 @@ function untilBackend(gw: TestGateway, what: string, ok: (s: ServiceHealth) => b
   });
 }
 
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Prometheus text exposition: one sample per line, `name{a="x",b="y"} value`. */
+/** The gateway's /metrics, parsed. */
 async function scrape(gw: TestGateway): Promise<Sample[]> {
   const res = await send(`${gw.url}/metrics`);
   assert.equal(res.statusCode, 200);
-  const out: Sample[] = [];
-  for (const line of res.text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not an exposition line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const pair of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]!] = pair[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
+  return parseExposition(res.text);
 }
 
-function sample(samples: Sample[], name: string, labels: Record<string, string>): number | undefined {
-  return samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value;
-}
+const sample = sampleValue;
 
 /** A gate the test opens: handlers wait on it. */
 function gate(): { wait: Promise<void>; open: () => void } {

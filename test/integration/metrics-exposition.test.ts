@@ -7,6 +7,7 @@ import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { freePort } from '../helpers/ports.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { parseExposition as parse, type Sample } from '../helpers/prometheus.js';
 
 /**
  * The /metrics exposition after mixed traffic: valid for Prometheus (promtool), counts that add
@@ -16,26 +17,6 @@ import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 const PROMTOOL = ['/usr/bin/promtool', '/usr/local/bin/promtool'].find((p) => existsSync(p));
 // CI installs promtool (.ci/run); elsewhere the check is skipped rather than failed.
 const noPromtool = PROMTOOL === undefined && !process.env.CI ? 'promtool is not installed (apt-get install prometheus)' : false;
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** The text exposition, one sample per line: `name{a="x",b="y"} value`. */
-function parse(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not an exposition line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const pair of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]!] = pair[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
-}
 
 const key = (s: Sample) => `${s.labels.method} ${s.labels.path} ${s.labels.status}`;
 const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'OTHER']);

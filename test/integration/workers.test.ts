@@ -20,6 +20,7 @@ import { spawnGateway, startGatewayProcess, type GatewayProcess } from '../helpe
 import { inspectRedis, startRedis, type TestRedis } from '../helpers/redis.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+import { parseExposition } from '../helpers/prometheus.js';
 
 /**
  * WORKERS > 1 (src/workers.ts): one primary process forks gateway workers sharing the port.
@@ -129,26 +130,6 @@ function fresh(gw: GatewayProcess, path: string, options: { token?: string; meth
     body = JSON.stringify(options.json);
   }
   return onNewConnection(gw.url, path, { method: options.method ?? (body === undefined ? 'GET' : 'POST'), headers, body, headersTimeout: HANG_MS, bodyTimeout: HANG_MS });
-}
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** Prometheus text exposition: one sample per line, `name{a="x",b="y"} value`. */
-function parseExposition(text: string): Sample[] {
-  const out: Sample[] = [];
-  for (const line of text.split('\n')) {
-    if (line === '' || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
-    assert.ok(m, `not an exposition line: ${line}`);
-    const labels: Record<string, string> = {};
-    for (const pair of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) labels[pair[1]!] = pair[2]!;
-    out.push({ name: m[1]!, labels, value: Number(m[3]) });
-  }
-  return out;
 }
 
 let nextId = 0;
