@@ -161,6 +161,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     logger,
   );
 
+  /** For /health and /debug/vars: each service's instances in rotation, and the audit trail's state. */
+  const serviceCounts = () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) }));
+  const auditState = () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes });
   const health = new HealthMonitor({
     version: VERSION,
     authServiceUrl: env.AUTH_SERVICE_URL,
@@ -171,8 +174,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
     memoryLimitBytes,
     isShuttingDown: () => shuttingDown,
-    services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
-    audit: () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes }),
+    services: serviceCounts,
+    audit: auditState,
     onReport: (report) => {
       for (const [name, status] of Object.entries(report.dependencies)) metrics?.dependencyHealth(name, status === 'healthy');
       if (report.audit) metrics?.dependencyHealth('audit', report.audit.status === 'healthy');
@@ -503,8 +506,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
         {
           version: VERSION,
           metrics: metrics === null ? null : () => metrics.exposition(),
-          services: () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) })),
-          audit: () => (audit === null ? null : { backlogBytes: audit.backlogBytes, failing: audit.failing, problem: audit.problem }),
+          services: serviceCounts,
+          audit: auditState,
         },
         logger,
       );

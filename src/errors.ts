@@ -77,25 +77,8 @@ export function writeProblem(
   /** Fields every answer of the exchange carries (CORS, HSTS), as [name, value, ...]. */
   extra?: readonly string[] | null,
 ): void {
-  if (res.headersSent || res.destroyed) {
-    res.destroy();
-    return;
-  }
-  const body = JSON.stringify(problem(code, requestId, detail));
-  const fields: Record<string, string | number> = {
-    ...headers,
-    'content-type': PROBLEM_CONTENT_TYPE,
-    'content-length': Buffer.byteLength(body),
-    'x-request-id': requestId,
-    'cache-control': 'no-store',
-  };
-  if (extra != null) for (let i = 0; i < extra.length; i += 2) fields[extra[i]!] = extra[i + 1]!;
-  if (res.req?.httpVersionMajor === 2) {
-    // HTTP/2 has neither reason phrases nor Connection: a stream ends, the connection stays.
-    delete fields.connection;
-    res.writeHead(ERRORS[code].status, fields);
-  } else res.writeHead(ERRORS[code].status, ERRORS[code].title, fields);
-  res.end(body);
+  const { status, title } = ERRORS[code];
+  send(res, status, title, JSON.stringify(problem(code, requestId, detail)), requestId, headers, extra);
 }
 
 /**
@@ -112,14 +95,35 @@ export function writeUpstreamError(res: ServerResponse, status: number, requestI
     detail: `the upstream service answered ${status} ${title}`,
     request_id: requestId,
   });
+  send(res, status, title, body, requestId, typeof retryAfter === 'string' ? { 'retry-after': retryAfter } : undefined, extra);
+}
+
+/** One problem body on the wire, HTTP/1.1 or HTTP/2, or a broken connection if an answer has begun. */
+function send(
+  res: ServerResponse,
+  status: number,
+  title: string,
+  body: string,
+  requestId: string,
+  headers: Record<string, string> | undefined,
+  extra: readonly string[] | null | undefined,
+): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
   const fields: Record<string, string | number> = {
-    ...(typeof retryAfter === 'string' ? { 'retry-after': retryAfter } : undefined),
+    ...headers,
     'content-type': PROBLEM_CONTENT_TYPE,
     'content-length': Buffer.byteLength(body),
     'x-request-id': requestId,
     'cache-control': 'no-store',
   };
-  if (extra !== null) for (let i = 0; i < extra.length; i += 2) fields[extra[i]!] = extra[i + 1]!;
-  res.writeHead(status, fields);
+  if (extra != null) for (let i = 0; i < extra.length; i += 2) fields[extra[i]!] = extra[i + 1]!;
+  if (res.req?.httpVersionMajor === 2) {
+    // HTTP/2 has neither reason phrases nor Connection: a stream ends, the connection stays.
+    delete fields.connection;
+    res.writeHead(status, fields);
+  } else res.writeHead(status, title, fields);
   res.end(body);
 }

@@ -107,14 +107,16 @@ export class Instance {
   }
 }
 
+/** FNV-1a over a string's UTF-16 units. */
+export function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h;
+}
+
 /** FNV-1a, then a murmur3 finaliser so that near-identical strings spread over the whole range. */
 export function hashString(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return mix(h);
+  return mix(fnv1a(s));
 }
 
 export function mix(h: number): number {

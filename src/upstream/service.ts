@@ -1,6 +1,6 @@
 import type { ServiceConfig } from '../config/routes-schema.js';
 import type { Logger } from '../observability/logger.js';
-import { Instance, mix, type FailureKind, type PoolSettings } from './instance.js';
+import { fnv1a, Instance, mix, type FailureKind, type PoolSettings } from './instance.js';
 import { RetryBudget } from './retry-budget.js';
 
 const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
@@ -152,8 +152,7 @@ export class UpstreamService {
 
   /** Rendezvous hashing: a key keeps its instance while that instance is in rotation; only its keys move when it leaves. */
   private rendezvous(list: readonly Instance[], key: string, now: number, tried: readonly Instance[] | null): Instance | null {
-    let keyHash = 0x811c9dc5;
-    for (let i = 0; i < key.length; i++) keyHash = Math.imul(keyHash ^ key.charCodeAt(i), 0x01000193);
+    const keyHash = fnv1a(key);
     let best: Instance | null = null;
     let bestScore = -Infinity;
     for (const inst of list) {

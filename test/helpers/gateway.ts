@@ -27,6 +27,11 @@ export class LogCapture extends Writable {
     }
     done();
   }
+
+  /** The lines of one level and message. */
+  messages(level: string, message: string): Array<Record<string, unknown>> {
+    return this.lines.filter((l) => l.level === level && l.message === message);
+  }
 }
 
 export async function writeRoutesFile(routes: unknown): Promise<{ file: string; dir: string }> {

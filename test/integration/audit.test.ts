@@ -79,6 +79,17 @@ async function deliveredEvent(audit: AuditService, requestId: string, timeoutMs 
   return until(`the audit event of ${requestId}`, timeoutMs, async () => eventsOf(audit, requestId)[0]);
 }
 
+/** A PHI route on its own service and a non-PHI authenticated route beside it. */
+function phiAndNotes(notesUrl: string, phiUrl: string): Record<string, unknown> {
+  return {
+    services: { backend: { instances: [notesUrl] }, records: { instances: [phiUrl] } },
+    routes: [
+      { name: 'records', service: 'records', pattern: '/api/records/:id', methods: ['GET'], permission: 'records:read', phi: true },
+      { name: 'notes', service: 'backend', path: '/api/notes', methods: ['GET'] },
+    ],
+  };
+}
+
 function metric(text: string, name: string): number {
   const m = new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text);
   assert.ok(m !== null, `no ${name} in /metrics`);
@@ -443,13 +454,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
     const audit = await auditService();
     const phiUpstream = await startUpstream();
     const gw = await startTestGateway(
-      {
-        services: { backend: { instances: [upstream.url] }, records: { instances: [phiUpstream.url] } },
-        routes: [
-          { name: 'records', service: 'records', pattern: '/api/records/:id', methods: ['GET'], permission: 'records:read', phi: true },
-          { name: 'notes', service: 'backend', path: '/api/notes', methods: ['GET'] },
-        ],
-      },
+      phiAndNotes(upstream.url, phiUpstream.url),
       { AUDIT_SERVICE_URL: audit.url, AUDIT_SPOOL_MAX_MB: '1', HEALTH_CACHE_MS: '0' },
     );
     try {
@@ -526,13 +531,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       const audit = await auditService();
       const phiUpstream = await startUpstream();
       const gw = await startTestGateway(
-        {
-          services: { backend: { instances: [upstream.url] }, records: { instances: [phiUpstream.url] } },
-          routes: [
-            { name: 'records', service: 'records', pattern: '/api/records/:id', methods: ['GET'], permission: 'records:read', phi: true },
-            { name: 'notes', service: 'backend', path: '/api/notes', methods: ['GET'] },
-          ],
-        },
+        phiAndNotes(upstream.url, phiUpstream.url),
         { AUDIT_SERVICE_URL: audit.url, AUDIT_SPOOL_MAX_MB: '1' },
       );
       try {

@@ -1,22 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Writable } from 'node:stream';
 import { serviceSchema } from '../../src/config/routes-schema.js';
 import { createLoggers } from '../../src/observability/logger.js';
 import { DnsDiscovery } from '../../src/upstream/discovery.js';
 import { UpstreamService } from '../../src/upstream/service.js';
 import { until } from '../helpers/poll.js';
-
-class Capture extends Writable {
-  readonly lines: Array<Record<string, unknown>> = [];
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') this.lines.push(JSON.parse(line) as Record<string, unknown>);
-    done();
-  }
-  messages(level: string, message: string): Array<Record<string, unknown>> {
-    return this.lines.filter((l) => l.level === level && l.message === message);
-  }
-}
+import { LogCapture } from '../helpers/gateway.js';
 
 const FAILED = 'service discovery failed; keeping the last known instances';
 
@@ -32,7 +21,7 @@ class FakeResolver {
 }
 
 function setup(discovery: Record<string, unknown> = {}) {
-  const capture = new Capture();
+  const capture = new LogCapture();
   const logger = createLoggers('INFO', capture).log;
   const config = serviceSchema.parse({ discovery: { host: 'chat-history-headless.platform.svc.cluster.local', port: 8002, ...discovery } });
   const service = new UpstreamService('chat-history', logger);

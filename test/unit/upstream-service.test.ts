@@ -1,27 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { Writable } from 'node:stream';
 import { serviceSchema } from '../../src/config/routes-schema.js';
 import { createLoggers } from '../../src/observability/logger.js';
 import type { Instance } from '../../src/upstream/instance.js';
 import { UpstreamService } from '../../src/upstream/service.js';
-
-/** Keeps pino's JSON lines in memory (written synchronously, so readable at once). */
-class Capture extends Writable {
-  readonly lines: Array<Record<string, unknown>> = [];
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    for (const line of chunk.toString('utf8').split('\n')) if (line.trim() !== '') this.lines.push(JSON.parse(line) as Record<string, unknown>);
-    done();
-  }
-  messages(level: string, message: string): Array<Record<string, unknown>> {
-    return this.lines.filter((l) => l.level === level && l.message === message);
-  }
-}
+import { LogCapture } from '../helpers/gateway.js';
 
 const silent = createLoggers('ERROR').log;
 
 /** A service configured from a routes-file fragment, exactly as the gateway parses it. */
-function makeService(config: Record<string, unknown>, capture?: Capture): UpstreamService {
+function makeService(config: Record<string, unknown>, capture?: LogCapture): UpstreamService {
   const svc = new UpstreamService('backend', capture === undefined ? silent : createLoggers('INFO', capture).log);
   svc.configure(serviceSchema.parse(config));
   return svc;
@@ -303,7 +291,7 @@ describe('UpstreamService: outlier ejection', () => {
   const outlier = { consecutiveFailures: 3, baseEjectionMs: 1_000, maxEjectionMs: 2_500, maxEjectedPercent: 50 };
 
   it('ejects after N consecutive failures, and a success in between starts the count over', () => {
-    const capture = new Capture();
+    const capture = new LogCapture();
     const svc = makeService({ instances: origins(4), outlierDetection: outlier }, capture);
     const inst = svc.instances[0]!;
     svc.failed(inst, 'connect', 100);
@@ -338,7 +326,7 @@ describe('UpstreamService: outlier ejection', () => {
   });
 
   it('grows the ejection with each repeat, up to maxEjectionMs', () => {
-    const capture = new Capture();
+    const capture = new LogCapture();
     const svc = makeService({ instances: origins(4), outlierDetection: outlier }, capture);
     const inst = svc.instances[0]!;
     let now = 0;
@@ -377,7 +365,7 @@ describe('UpstreamService: outlier ejection', () => {
 
 describe('UpstreamService: panic threshold', () => {
   it('never ejects the only instance of a service', () => {
-    const capture = new Capture();
+    const capture = new LogCapture();
     const svc = makeService({ instances: origins(1), outlierDetection: { consecutiveFailures: 1 } }, capture);
     const only = svc.instances[0]!;
     for (let i = 0; i < 50; i++) svc.failed(only, 'connect', i);
@@ -434,7 +422,7 @@ describe('UpstreamService: active health check verdicts', () => {
   const checks = { intervalMs: 200, timeoutMs: 100, healthyThreshold: 2, unhealthyThreshold: 3 };
 
   it('takes an instance out after unhealthyThreshold failures in a row and back after healthyThreshold passes', () => {
-    const capture = new Capture();
+    const capture = new LogCapture();
     const svc = makeService({ instances: origins(2), healthCheck: checks }, capture);
     const inst = svc.instances[0]!;
     svc.checked(inst, false, 0, 'ECONNREFUSED');
@@ -463,7 +451,7 @@ describe('UpstreamService: active health check verdicts', () => {
   });
 
   it('ends a passive ejection when a check passes after a failed one, but not on passes alone', () => {
-    const capture = new Capture();
+    const capture = new LogCapture();
     const svc = makeService({ instances: origins(4), healthCheck: checks, outlierDetection: { consecutiveFailures: 1, baseEjectionMs: 60_000 } }, capture);
     const inst = svc.instances[0]!;
     svc.failed(inst, 'status', 0);
