@@ -37,9 +37,22 @@ export const ERRORS = {
   GW_AUDIT_UNAVAILABLE: { status: 503, title: 'Service Unavailable' },
   GW_UPSTREAM_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
   GW_UPSTREAM_CONNECT_TIMEOUT: { status: 504, title: 'Gateway Timeout' },
+  /** An upstream's own 4xx/5xx in the gateway's shape (routes with `transform.mapErrors`): its status and title are the upstream's. */
+  GW_UPSTREAM_ERROR: { status: 502, title: 'Bad Gateway' },
 } as const satisfies Record<string, { status: number; title: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
+
+/**
+ * A configuration the gateway refuses to run with (an environment variable or the routes file):
+ * each problem names its field path and what would fix it, and never a secret's value.
+ */
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json';
 
@@ -65,8 +78,8 @@ export function problem(code: ErrorCode, requestId: string, detail: string): Pro
 }
 
 /**
- * Writes a problem straight to the socket's response. Used where the framework is not in the
- * loop (hijacked proxy replies, client errors before routing).
+ * The one problem writer: every answer the gateway gives by itself, whichever stage or upstream
+ * layer decided it, is written here.
  */
 export function writeProblem(
   res: ServerResponse,
@@ -87,14 +100,7 @@ export function writeProblem(
  */
 export function writeUpstreamError(res: ServerResponse, status: number, requestId: string, retryAfter: string | string[] | undefined, extra: readonly string[] | null): void {
   const title = STATUS_CODES[status] ?? 'Error';
-  const body = JSON.stringify({
-    type: 'urn:api-gateway:error:GW_UPSTREAM_ERROR',
-    title,
-    status,
-    code: 'GW_UPSTREAM_ERROR',
-    detail: `the upstream service answered ${status} ${title}`,
-    request_id: requestId,
-  });
+  const body = JSON.stringify({ ...problem('GW_UPSTREAM_ERROR', requestId, `the upstream service answered ${status} ${title}`), title, status });
   send(res, status, title, body, requestId, typeof retryAfter === 'string' ? { 'retry-after': retryAfter } : undefined, extra);
 }
 

@@ -26,13 +26,19 @@ export async function startGateway(source: NodeJS.ProcessEnv, logDestination?: D
   }
   const gateway = await buildGateway(config, loggers);
   try {
-    await gateway.app.listen({ port: env.PORT, host: env.HOST });
+    await new Promise<void>((resolve, reject) => {
+      gateway.server.once('error', reject);
+      gateway.server.listen(env.PORT, env.HOST, () => {
+        gateway.server.off('error', reject);
+        resolve();
+      });
+    });
   } catch (err) {
     // Nothing it opened (the audit spool's lock, health checks, Redis) may outlive a failed start.
     await gateway.close().catch(() => undefined);
     throw err;
   }
-  const address = gateway.app.server.address();
+  const address = gateway.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : env.PORT;
   logger.info({ version: VERSION, port, routes: config.routes.routes.length, routes_file: config.routesFile }, 'api-gateway listening');
   return { gateway, config, logger, port };

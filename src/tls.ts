@@ -2,7 +2,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { createSecureContext } from 'node:tls';
-import { ConfigError } from './config/load.js';
+import { ConfigError } from './errors.js';
 import type { Logger } from './observability/logger.js';
 
 export const MIN_TLS_VERSION = 'TLSv1.2';

@@ -1,15 +1,11 @@
 import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import type { z } from 'zod';
+import { ConfigError } from '../errors.js';
 import { parseEnv, type Env } from './env.js';
 import { routesFileSchema, type RoutesFile } from './routes-schema.js';
 
-export class ConfigError extends Error {
-  constructor(readonly problems: string[]) {
-    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
-    this.name = 'ConfigError';
-  }
-}
+export { ConfigError };
 
 export interface GatewayConfig {
   env: Env;

@@ -1,6 +1,21 @@
 import type { IncomingMessage } from 'node:http';
-import type { Exchange } from '../pipeline/exchange.js';
 import { isoTimestamp, type AccessSink } from './logger.js';
+
+/** What the access line reads of an exchange (pipeline/exchange.ts). */
+export interface AccessRecord {
+  readonly id: string;
+  readonly identity: { readonly userId: string } | null;
+  /** The canonical path, without the query; '' when the request never got one. */
+  readonly path: string;
+  readonly query: string;
+  readonly route: { readonly name: string; readonly logQuery: ReadonlySet<string> | null } | null;
+  readonly clientIp: string;
+  readonly upstreamOrigin: string | null;
+  readonly errorCode: string | null;
+  readonly breakGlass: string | null;
+  readonly retries: number;
+  readonly traceId: string | null;
+}
 
 const LEVEL = { debug: 'DEBUG', info: 'INFO', warn: 'WARN' } as const;
 
@@ -55,7 +70,7 @@ export class AccessLog {
   }
 
   /** `status` is what the client got: 499 when it left before the answer was complete. */
-  write(ex: Exchange, req: IncomingMessage, status: number, ms: number, quiet: boolean): void {
+  write(ex: AccessRecord, req: IncomingMessage, status: number, ms: number, quiet: boolean): void {
     const slow = ms >= this.slowMs;
     const level = slow || status >= 500 ? 'warn' : quiet ? 'debug' : 'info';
     if (!this.sink.enabled[level]) return;

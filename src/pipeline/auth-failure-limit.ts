@@ -1,8 +1,8 @@
 import { keys } from '../stores/access-store.js';
 import type { AccessControl } from '../stores/failover-access-store.js';
 import type { Logger } from '../observability/logger.js';
-import type { StageResult } from './authenticate.js';
-import { RATE_WINDOW_MS } from './access-check.js';
+import type { Refusal } from './exchange.js';
+import { RATE_WINDOW_MS } from './rate-limit-policy.js';
 
 const MAX_BLOCKED = 10_000;
 
@@ -24,7 +24,7 @@ export class AuthFailureLimit {
   ) {}
 
   /** Synchronous: a verdict only for an address that ran out of budget. */
-  check(ip: string): StageResult {
+  check(ip: string): Refusal | null {
     if (this.blocked.size === 0) return null;
     const until = this.blocked.get(ip);
     if (until === undefined) return null;
@@ -33,7 +33,7 @@ export class AuthFailureLimit {
       this.blocked.delete(ip);
       return null;
     }
-    return { code: 'GW_RATE_LIMITED', detail: 'too many failed authentications from this address', headers: { 'retry-after': String(Math.ceil(waitMs / 1000)) } };
+    return { code: 'GW_RATE_LIMITED', detail: 'too many failed authentications from this address', headers: { 'retry-after': String(Math.ceil(waitMs / 1000)) }, counts: 'rate-limited' };
   }
 
   /** Counts a failed authentication; past the budget, blocks the address locally until it refills. */

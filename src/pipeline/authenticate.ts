@@ -1,43 +1,60 @@
+import { z } from 'zod';
+import { BEARER_CHALLENGE, INVALID_TOKEN } from '../auth/challenge.js';
 import type { JwtVerifier, VerifyResult } from '../auth/jwt.js';
-import type { Exchange } from './exchange.js';
-import type { ErrorCode } from '../errors.js';
 import type { AuthFailureLimit } from './auth-failure-limit.js';
+import { PASS, stage, type Exchange, type Refusal, type RouteStage, type Verdict } from './exchange.js';
 
-export type StageResult = null | { code: ErrorCode; detail: string; headers?: Record<string, string> };
+/** The routes-file slice: whether the route needs a verified caller. */
+export const authenticateSchema = {
+  auth: z.enum(['required', 'public'], { error: 'auth is "required" or "public"' }).default('required'),
+};
 
-const PASS: StageResult = null;
+export interface AuthenticateDeps {
+  readonly verifier: JwtVerifier;
+  readonly authFailures: AuthFailureLimit;
+}
 
-export const BEARER_CHALLENGE = 'Bearer realm="api-gateway"';
+const MISSING_CHALLENGE = Object.freeze({ 'www-authenticate': BEARER_CHALLENGE });
+
+function refusal(result: VerifyResult & { ok: false }): Refusal {
+  // A key source that cannot be reached says nothing about the caller: 503, not 401.
+  if (result.reason === 'GW_AUTH_UNAVAILABLE') return { code: result.reason, detail: result.detail, headers: { 'retry-after': '1' }, counts: 'auth-failure' };
+  // RFC 6750: say that a Bearer token is expected, and why this one was refused, without echoing it.
+  return { code: result.reason, detail: result.detail, headers: result.reason === 'GW_AUTH_TOKEN_MISSING' ? MISSING_CHALLENGE : INVALID_TOKEN, counts: 'auth-failure' };
+}
 
 /**
- * Bearer JWT -> verified identity on every route whose auth is `required`. Answers at once for
- * public routes and tokens verified before; only a new token waits for a signature check.
+ * Stage: Bearer JWT -> verified identity, on routes whose auth is `required` (absent from public
+ * routes' chains). Answers at once for tokens verified before; only a new token waits for a
+ * signature check. Every failure counts against its client address (auth-failure-limit.ts); an
+ * address that spent that budget is refused with 429 before any signature check.
  */
-export function authenticate(ex: Exchange, authorization: string | undefined, verifier: JwtVerifier, failures: AuthFailureLimit): StageResult | Promise<StageResult> {
-  if (ex.route!.auth === 'public') return PASS;
-  const hit = verifier.cached(authorization);
-  if (hit !== undefined) {
-    ex.identity = hit.identity;
-    return PASS;
-  }
-  // An address that spent its budget on failed authentications gets no signature check.
-  const blocked = failures.check(ex.clientIp);
-  if (blocked !== null) return blocked;
-  return verifier.verifyUncached(authorization).then((r) => verdict(ex, r));
-}
-
-function verdict(ex: Exchange, result: VerifyResult): StageResult {
-  if (result.ok) {
-    ex.identity = result.identity;
-    return PASS;
-  }
-  // A key source that cannot be reached says nothing about the caller: 503, not 401.
-  if (result.reason === 'GW_AUTH_UNAVAILABLE') return { code: result.reason, detail: result.detail, headers: { 'retry-after': '1' } };
-  // RFC 6750: say that a Bearer token is expected, and why this one was refused, without echoing it.
-  const error = result.reason === 'GW_AUTH_TOKEN_MISSING' ? '' : ', error="invalid_token"';
-  return {
-    code: result.reason,
-    detail: result.detail,
-    headers: { 'www-authenticate': `${BEARER_CHALLENGE}${error}` },
-  };
-}
+export const authenticate: RouteStage<z.output<z.ZodObject<typeof authenticateSchema>>, AuthenticateDeps> = {
+  name: 'authenticate',
+  create(route, { verifier, authFailures }) {
+    if (route.auth === 'public') return null;
+    const verdict = (ex: Exchange, result: VerifyResult): Verdict => {
+      if (result.ok) {
+        ex.identity = result.identity;
+        return PASS;
+      }
+      if (result.reason !== 'GW_AUTH_UNAVAILABLE') authFailures.failed(ex.clientIp);
+      return refusal(result);
+    };
+    return stage(
+      'authenticate',
+      (ex, req) => {
+        const authorization = req.headers.authorization;
+        const hit = verifier.cached(authorization);
+        if (hit !== undefined) {
+          ex.identity = hit.identity;
+          return PASS;
+        }
+        const blocked = authFailures.check(ex.clientIp);
+        if (blocked !== null) return blocked;
+        return verifier.verifyUncached(authorization).then((r) => verdict(ex, r));
+      },
+      true,
+    );
+  },
+};

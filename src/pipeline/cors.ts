@@ -1,99 +1,46 @@
-import type { IncomingHttpHeaders } from 'node:http';
+import { corsHeaders, preflight as preflightAnswer, PREFLIGHT_VARY } from './cors-policy.js';
+import { ANSWERED, PASS, stage, type Refusal, type Stage } from './exchange.js';
+import type { RouteTable } from './route-match.js';
 
-/** Request headers a browser may send cross-origin unless a route says otherwise. */
-export const DEFAULT_ALLOW_HEADERS = ['authorization', 'content-type', 'x-request-id', 'x-break-glass-reason'];
-/** Response headers a page's script may read: the request id and the rate-limit state. */
-export const DEFAULT_EXPOSE_HEADERS = ['x-request-id', 'ratelimit', 'ratelimit-policy', 'retry-after', 'www-authenticate'];
+const NO_ROUTE: Refusal = Object.freeze({ code: 'GW_ROUTE_NOT_FOUND', detail: 'no route matches this path', headers: { vary: PREFLIGHT_VARY } });
 
-export interface CorsSettings {
-  /** Exact origins (`https://app.healthcare.com`), or `*` for any. */
-  origins: readonly string[];
-  credentials: boolean;
-  maxAgeSeconds: number;
-  allowHeaders: readonly string[];
-  exposeHeaders: readonly string[];
-}
-
-/** A route's CORS policy, compiled once: the hot path does set lookups and pushes made strings. */
-export interface CorsPolicy {
-  readonly anyOrigin: boolean;
-  readonly origins: ReadonlySet<string>;
-  readonly credentials: boolean;
-  readonly maxAge: string;
-  readonly allowHeaders: ReadonlySet<string>;
-  readonly exposeHeaders: string;
-  /** Answers depend on Origin (a list, or credentials echoing it): caches must keep them apart. */
-  readonly varyOrigin: boolean;
-}
-
-export function compileCors(settings: CorsSettings): CorsPolicy {
-  const anyOrigin = settings.origins.includes('*');
-  return Object.freeze({
-    anyOrigin,
-    origins: new Set(settings.origins.filter((o) => o !== '*').map((o) => o.toLowerCase())),
-    credentials: settings.credentials,
-    maxAge: String(settings.maxAgeSeconds),
-    allowHeaders: new Set(settings.allowHeaders.map((h) => h.toLowerCase())),
-    exposeHeaders: settings.exposeHeaders.map((h) => h.toLowerCase()).join(', '),
-    varyOrigin: !anyOrigin || settings.credentials,
+/**
+ * Stage: a CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) is the
+ * gateway's to answer: no token (browsers send none), never forwarded. It is matched against the
+ * route the real request will take: the announced method, and header conditions met by the
+ * announced header names.
+ */
+export function preflight(table: () => RouteTable, hsts: string | null): Stage {
+  return stage('preflight', (ex, req, res) => {
+    const origin = req.headers.origin;
+    const requested = req.headers['access-control-request-method'];
+    if (origin === undefined || req.method !== 'OPTIONS' || requested === undefined) return PASS;
+    const method = String(requested).trim().toUpperCase();
+    const announced = new Set((req.headers['access-control-request-headers'] ?? '').split(',').map((h) => h.trim().toLowerCase()));
+    const match = table().router.match(method, ex.path, req.headers, announced);
+    if (match.kind === 'not-found') return NO_ROUTE;
+    ex.preflight = true;
+    if (match.kind === 'method-not-allowed') return { code: 'GW_CORS_REJECTED', detail: `preflight refused: this route accepts ${match.allow}`, headers: { vary: PREFLIGHT_VARY } };
+    ex.route = match.route;
+    const verdict = preflightAnswer(match.route.cors, origin, method, req.headers);
+    if (!verdict.ok) return { code: 'GW_CORS_REJECTED', detail: `preflight refused: ${verdict.detail}`, headers: { vary: PREFLIGHT_VARY } };
+    const fields: Record<string, string> = { ...verdict.headers, 'x-request-id': ex.id, 'content-length': '0' };
+    if (hsts !== null) fields['strict-transport-security'] = hsts;
+    res.writeHead(204, fields);
+    res.end();
+    return ANSWERED;
   });
 }
 
-function allowed(policy: CorsPolicy, origin: string): boolean {
-  // `null` is the origin of sandboxed frames and local files: never trusted, even with `*`.
-  if (origin === 'null') return false;
-  return policy.anyOrigin || policy.origins.has(origin.toLowerCase());
-}
-
-/** `*` only when the answer is the same for every origin; credentials always need the origin echoed. */
-function allowOriginValue(policy: CorsPolicy, origin: string): string {
-  return policy.anyOrigin && !policy.credentials ? '*' : origin;
-}
-
 /**
- * The fields an actual (non-preflight) request's answers carry, added to `base` (HSTS): for an
- * allowed origin the CORS grant, on the gateway's own errors as on proxied answers; and Vary:
- * Origin whenever the answer depends on the origin. A disallowed origin gets no grant: the
- * browser then keeps the answer from the page.
+ * Stage: every answer from here on, proxied or the gateway's own, carries the CORS fields of
+ * the policy route-match chose: the grant for an allowed origin, and Vary: Origin whenever the
+ * answer depends on the origin. A disallowed origin gets no grant: the browser keeps the answer
+ * from the page.
  */
-export function corsHeaders(policy: CorsPolicy, origin: string | undefined, base: readonly string[] | null): readonly string[] | null {
-  // The common case of a list policy, a request without Origin: one shared answer, no copy.
-  if (origin === undefined && base === null) return policy.varyOrigin ? VARY_ORIGIN : null;
-  const out = base === null ? [] : [...base];
-  if (policy.varyOrigin) out.push('vary', 'Origin');
-  if (origin !== undefined && allowed(policy, origin)) {
-    out.push('access-control-allow-origin', allowOriginValue(policy, origin));
-    if (policy.credentials) out.push('access-control-allow-credentials', 'true');
-    if (policy.exposeHeaders !== '') out.push('access-control-expose-headers', policy.exposeHeaders);
-  }
-  return out.length === 0 ? base : out;
-}
-
-const VARY_ORIGIN: readonly string[] = Object.freeze(['vary', 'Origin']);
-
-export type PreflightVerdict = { ok: true; headers: Record<string, string> } | { ok: false; detail: string };
-
-export const PREFLIGHT_VARY = 'Origin, Access-Control-Request-Method, Access-Control-Request-Headers';
-
-/** The answer to a preflight (OPTIONS with Origin and Access-Control-Request-Method) for a route. */
-export function preflight(policy: CorsPolicy | null, origin: string, method: string, headers: IncomingHttpHeaders): PreflightVerdict {
-  if (policy === null) return { ok: false, detail: 'this route does not accept cross-origin requests' };
-  if (!allowed(policy, origin)) return { ok: false, detail: 'this origin may not call this route' };
-  const requested = headers['access-control-request-headers'];
-  let allowHeaders = '';
-  if (requested !== undefined && requested.trim() !== '') {
-    const names = requested.split(',').map((h) => h.trim().toLowerCase()).filter(Boolean);
-    const refused = names.find((h) => !policy.allowHeaders.has(h));
-    if (refused !== undefined) return { ok: false, detail: `the header ${refused.slice(0, 64)} may not be sent cross-origin on this route` };
-    allowHeaders = names.join(', ');
-  }
-  const out: Record<string, string> = {
-    'access-control-allow-origin': allowOriginValue(policy, origin),
-    'access-control-allow-methods': method,
-    'access-control-max-age': policy.maxAge,
-    vary: PREFLIGHT_VARY,
-  };
-  if (allowHeaders !== '') out['access-control-allow-headers'] = allowHeaders;
-  if (policy.credentials) out['access-control-allow-credentials'] = 'true';
-  return { ok: true, headers: out };
-}
+export const cors = stage('cors', (ex, req) => {
+  const policy = ex.cors;
+  const origin = req.headers.origin;
+  if (policy !== null && (origin !== undefined || policy.varyOrigin)) ex.answerHeaders = corsHeaders(policy, origin, ex.answerHeaders);
+  return PASS;
+});

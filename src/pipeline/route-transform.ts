@@ -1,3 +1,5 @@
+import { z } from 'zod';
+import { headerName } from '../schema-fields.js';
 import type { Exchange } from './exchange.js';
 
 /**
@@ -9,6 +11,7 @@ import type { Exchange } from './exchange.js';
 
 /** The placeholders a value may use; anything else in braces is refused when the file loads. */
 export const PLACEHOLDER = /\{(user\.id|user\.role|user\.phi_access_level|request\.id|route\.name|client\.ip|param\.[A-Za-z_][A-Za-z0-9_]*)\}/g;
+const PLACEHOLDER_EXACT = new RegExp(`^${PLACEHOLDER.source}$`);
 /** Any `{name.name}` that looks like a placeholder, to catch typos such as `{user.ID}`. */
 export const PLACEHOLDER_LIKE = /\{[A-Za-z_][A-Za-z0-9_.-]*\}/g;
 
@@ -69,12 +72,6 @@ export interface HeaderOps {
   readonly add: ReadonlyArray<readonly [string, Template]>;
 }
 
-export interface HeaderOpsConfig {
-  set?: Record<string, string>;
-  add?: Record<string, string>;
-  remove?: string[];
-}
-
 export function compileHeaderOps(config: HeaderOpsConfig | undefined): HeaderOps | null {
   if (config === undefined) return null;
   const set = Object.entries(config.set ?? {}).map(([k, v]) => [k.toLowerCase(), compileTemplate(v)] as const);
@@ -103,12 +100,6 @@ export interface QueryOps {
   /** Names dropped from the client's query: `remove`, the gateway's own `add`s and the rename targets. */
   readonly remove: ReadonlySet<string>;
   readonly add: ReadonlyArray<readonly [string, Template]>;
-}
-
-export interface QueryOpsConfig {
-  rename?: Record<string, string>;
-  remove?: string[];
-  add?: Record<string, string>;
 }
 
 export function compileQueryOps(config: QueryOpsConfig | undefined): QueryOps | null {
@@ -161,12 +152,6 @@ export interface RouteTransform {
   readonly mapErrors: boolean;
 }
 
-export interface TransformConfig {
-  request?: { headers?: HeaderOpsConfig; query?: QueryOpsConfig };
-  response?: { headers?: HeaderOpsConfig };
-  mapErrors?: boolean;
-}
-
 export function compileTransform(config: TransformConfig | undefined): RouteTransform | null {
   if (config === undefined) return null;
   return Object.freeze({
@@ -176,3 +161,43 @@ export function compileTransform(config: TransformConfig | undefined): RouteTran
     mapErrors: config.mapErrors ?? false,
   });
 }
+
+/** Framing and hop fields: a transform that set them could desynchronise the gateway and the upstream. */
+const FRAMING_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'keep-alive', 'expect', 'proxy-connection', 'proxy-authorization', 'proxy-authenticate', 'http2-settings']);
+/** Answers' fields the gateway's own policies own (CORS, HSTS): a transform may not weaken them. */
+const POLICY_HEADER = /^(access-control-|strict-transport-security$)/i;
+const transformHeaderName = headerName.refine((h) => !FRAMING_HEADERS.has(h.toLowerCase()), 'framing and hop-by-hop headers (Host, Content-Length, Transfer-Encoding, Connection...) cannot be transformed');
+const templateValue = z.string().max(4096).superRefine((v, ctx) => {
+  for (const m of v.matchAll(PLACEHOLDER_LIKE)) {
+    if (!PLACEHOLDER_EXACT.test(m[0])) {
+      ctx.addIssue({ code: 'custom', message: `unknown placeholder ${m[0]}: use {user.id}, {user.role}, {user.phi_access_level}, {request.id}, {route.name}, {client.ip} or {param.name}` });
+    }
+  }
+});
+const headerOps = z.strictObject({
+  set: z.record(transformHeaderName, templateValue).optional(),
+  add: z.record(transformHeaderName, templateValue).optional(),
+  remove: z.array(transformHeaderName).optional(),
+});
+const responseHeaderName = transformHeaderName.refine((h) => !POLICY_HEADER.test(h), 'Access-Control-* and Strict-Transport-Security are set by the gateway (CORS_*, HSTS_MAX_AGE_SECONDS, a route\'s cors)');
+const responseHeaderOps = z.strictObject({
+  set: z.record(responseHeaderName, templateValue).optional(),
+  add: z.record(responseHeaderName, templateValue).optional(),
+  remove: z.array(responseHeaderName).optional(),
+});
+const queryName = z.string().min(1).max(256);
+/** The routes-file `transform:` of a route: declared changes to the request and the answer. */
+export const transformRulesSchema = z.strictObject({
+  request: z
+    .strictObject({
+      headers: headerOps.optional(),
+      query: z.strictObject({ rename: z.record(queryName, queryName).optional(), remove: z.array(queryName).optional(), add: z.record(queryName, templateValue).optional() }).optional(),
+    })
+    .optional(),
+  response: z.strictObject({ headers: responseHeaderOps.optional() }).optional(),
+  mapErrors: z.boolean().optional(),
+});
+
+export type TransformConfig = z.output<typeof transformRulesSchema>;
+type HeaderOpsConfig = z.output<typeof headerOps>;
+type QueryOpsConfig = NonNullable<NonNullable<TransformConfig['request']>['query']>;

@@ -1,143 +1,80 @@
 import type { IncomingHttpHeaders } from 'node:http';
-import type { Exchange } from './exchange.js';
-import { rateLimitHeader } from './access-check.js';
-import { applyHeaderOps } from './route-transform.js';
+import { z } from 'zod';
+import { PASS, stage, type Exchange, type RouteStage } from './exchange.js';
+import { compileTransform, transformQuery, transformRulesSchema } from './route-transform.js';
+import { clientResponseHeaders, upstreamRequestHeaders } from './upstream-headers.js';
 
-/** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
-const HOP_BY_HOP: ReadonlySet<string> = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'proxy-authorization',
-  'proxy-authenticate',
-  // HTTP/2 refuses it in a message; it only ever belonged to an h2c upgrade.
-  'http2-settings',
-  // Node has already answered 100-continue on the client hop, and undici refuses to send Expect.
-  'expect',
-]);
+/** The routes-file slice: how the request is rewritten for the upstream, and its answer for the client. */
+export const transformSchema = {
+  rewrite: z.string().optional(),
+  /** Declared changes to the request and the answer (route-transform.ts). */
+  transform: transformRulesSchema.optional(),
+  /** Send the client's Host instead of the instance's. */
+  preserveHost: z.boolean().default(false),
+};
 
-/** Fields the gateway writes itself; a client's copy is dropped, never merged. */
-const GATEWAY_OWNED: ReadonlySet<string> = new Set([
-  'host',
-  'forwarded',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-forwarded-port',
-  'x-real-ip',
-  'x-request-id',
-]);
+type TransformRoute = z.output<z.ZodObject<typeof transformSchema>> & {
+  readonly service?: string | undefined;
+  readonly path?: string | undefined;
+  readonly prefix?: string | undefined;
+  readonly pattern?: string | undefined;
+};
 
-/** Upstream banners that tell an attacker what runs behind the gateway. */
-const BANNERS: ReadonlySet<string> = new Set(['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version']);
-
-/** Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1). */
-function connectionTokens(value: string | string[] | undefined): Set<string> | null {
-  // Nearly every message says just one of these: nothing to parse or allocate.
-  if (value === undefined || value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return null;
-  let tokens: Set<string> | null = null;
-  for (const part of (Array.isArray(value) ? value.join(',') : value).split(',')) {
-    const t = part.trim().toLowerCase();
-    if (t !== '' && t !== 'close' && t !== 'keep-alive') (tokens ??= new Set()).add(t);
+/** The upstream path for a matched path: the route's `rewrite`, with a pattern's parameters or a prefix's rest. */
+function compileRewrite(route: TransformRoute): (path: string, params: Record<string, string> | null) => string {
+  const target = route.rewrite;
+  if (target === undefined) return (path) => path;
+  if (route.path !== undefined) return () => target;
+  if (route.pattern !== undefined) {
+    // Each segment is literal text or the name of a captured parameter.
+    const parts = target.split('/').map((seg): [isParam: boolean, value: string] => (seg.startsWith(':') ? [true, seg.slice(1)] : [false, seg]));
+    return (_path, params) => parts.map(([isParam, value]) => (isParam ? params![value]! : value)).join('/');
   }
-  return tokens;
+  const prefix = route.prefix!;
+  const base = target.endsWith('/') ? target.slice(0, -1) : target;
+  return (path) => {
+    const rest = path.slice(prefix.length);
+    if (rest === '') return target;
+    return rest.startsWith('/') ? base + rest : `${base}/${rest}`;
+  };
 }
 
-/** Identity headers are the gateway's word about the caller: only it may write them. */
-function isIdentityHeader(name: string): boolean {
-  return name.charCodeAt(0) === 120 /* x */ && (name.startsWith('x-user-') || name.startsWith('x-phi-'));
+/** A header list whose Content-Length is that of the body the gateway sends (auth flows re-serialise it). */
+function withLength(headers: string[], length: number): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) if (headers[i] !== 'content-length') out.push(headers[i]!, headers[i + 1]!);
+  if (length > 0) out.push('content-length', String(length));
+  return out;
 }
 
 /**
- * The request headers the upstream receives: the client's, less hop-by-hop fields, spoofable
- * identity and forwarding fields; plus X-Forwarded-*, the request id and the verified identity.
+ * Stage: what the upstream receives and what the client gets back. The path is rewritten, the
+ * query transformed, the client's headers stripped of hop-by-hop fields and of anything that
+ * could impersonate a user or a proxy, then enriched with X-Forwarded-*, the request id and the
+ * verified identity (upstream-headers.ts), and the route's own header rules applied. The
+ * answer's header rules are handed to the forward stage. Every rule is compiled here, once.
  */
-export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeaders, tls: boolean, preserveHost: boolean): string[] {
-  // A flat [name, value, ...] list: cheaper to build than an object keyed by whatever names the
-  // client sent, and taken as is by the HTTP client.
-  const out: string[] = [];
-  const named = connectionTokens(headers.connection);
-  for (const name in headers) {
-    const value = headers[name];
-    // Names with `_` are dropped outright (as nginx does by default): CGI-style upstreams read
-    // X-User_ID and X-Forwarded_For as HTTP_X_USER_ID and HTTP_X_FORWARDED_FOR, the very
-    // variables the gateway's own headers become.
-    // `:method`, `:path`... are HTTP/2's request line, not fields to pass on.
-    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name) || name.includes('_') || name.charCodeAt(0) === 58) continue;
-    if (named !== null && named.has(name)) continue;
-    if (typeof value === 'string') out.push(name, value);
-    else for (const v of value) out.push(name, v);
-  }
-
-  const host = headers.host ?? single(headers[':authority']);
-  if (preserveHost && host !== undefined) out.push('host', host);
-  const incomingFor = headers['x-forwarded-for'];
-  if (ex.peerTrusted && incomingFor !== undefined) {
-    const fwdHost = single(headers['x-forwarded-host']) ?? host;
-    out.push(
-      'x-forwarded-for',
-      `${Array.isArray(incomingFor) ? incomingFor.join(', ') : incomingFor}, ${ex.peer}`,
-      'x-forwarded-proto',
-      single(headers['x-forwarded-proto']) ?? (tls ? 'https' : 'http'),
-    );
-    if (fwdHost !== undefined) out.push('x-forwarded-host', fwdHost);
-  } else {
-    out.push('x-forwarded-for', ex.peer, 'x-forwarded-proto', tls ? 'https' : 'http');
-    if (host !== undefined) out.push('x-forwarded-host', host);
-  }
-  out.push('x-request-id', ex.id);
-
-  const who = ex.identity;
-  if (who !== null) out.push('x-user-id', who.userId, 'x-user-role', who.role, 'x-phi-access-level', who.phiAccessLevel);
-  const ops = ex.route!.transform?.requestHeaders;
-  return ops == null ? out : applyHeaderOps(out, ops, ex);
-}
-
-function single(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
-}
-
-/** Response fields the gateway writes itself: an upstream's copy is dropped, never doubled. */
-const RESPONSE_OWNED: ReadonlySet<string> = new Set(['x-request-id', 'ratelimit', 'ratelimit-policy']);
-
-/** The upstream's response headers as the client receives them, as a flat [name, value, ...] list. */
-export function clientResponseHeaders(headers: IncomingHttpHeaders, ex: Exchange): string[] {
-  const out: string[] = [];
-  const named = connectionTokens(headers.connection);
-  const varyOrigin = ex.route!.cors?.varyOrigin === true;
-  const hsts = ex.answerHeaders !== null && ex.answerHeaders[0] === 'strict-transport-security';
-  let vary: string | null = null;
-  for (const name in headers) {
-    const value = headers[name];
-    if (value === undefined || HOP_BY_HOP.has(name) || BANNERS.has(name) || RESPONSE_OWNED.has(name)) continue;
-    if (named !== null && named.has(name)) continue;
-    // CORS is the gateway's policy: an upstream's own Access-Control-* answer could widen it.
-    if (name.charCodeAt(0) === 97 && name.startsWith('access-control-')) continue;
-    // Browsers apply the first HSTS field: an upstream's max-age=0 must not undo the gateway's.
-    if (hsts && name === 'strict-transport-security') continue;
-    if (varyOrigin && name === 'vary') {
-      vary = Array.isArray(value) ? value.join(', ') : value;
-      continue;
-    }
-    if (typeof value === 'string') out.push(name, value);
-    else for (const v of value) out.push(name, v);
-  }
-  if (varyOrigin) out.push('vary', vary === null || vary.trim() === '' ? 'Origin' : vary.trim() === '*' ? '*' : `${vary}, Origin`);
-  const extra = ex.answerHeaders;
-  if (extra !== null) {
-    // Vary: Origin is merged above, with the upstream's own Vary.
-    for (let i = 0; i < extra.length; i += 2) if (extra[i] !== 'vary') out.push(extra[i]!, extra[i + 1]!);
-  }
-  out.push('x-request-id', ex.id);
-  const limit = ex.rateLimit;
-  if (limit !== null) {
-    const policy = ex.route!.rateLimit;
-    out.push('ratelimit-policy', policy.policyHeader, 'ratelimit', rateLimitHeader(policy.policyName, limit));
-  }
-  const ops = ex.route!.transform?.responseHeaders;
-  return ops == null ? out : applyHeaderOps(out, ops, ex);
-}
+export const transform: RouteStage<TransformRoute, { readonly tls: boolean }> = {
+  name: 'transform',
+  create(route, { tls }) {
+    if (route.service === undefined) return null;
+    const rewrite = compileRewrite(route);
+    const rules = compileTransform(route.transform);
+    const queryOps = rules?.query ?? null;
+    const requestOps = rules?.requestHeaders ?? null;
+    const responseOps = rules?.responseHeaders ?? null;
+    const mapErrors = rules?.mapErrors ?? false;
+    const preserveHost = route.preserveHost;
+    const responseHeaders = (headers: IncomingHttpHeaders, ex: Exchange) => clientResponseHeaders(headers, ex, responseOps);
+    return stage('transform', (ex, req) => {
+      const path = rewrite(ex.path, ex.params);
+      const query = queryOps === null ? ex.query : transformQuery(ex.query, queryOps, ex);
+      ex.upstreamTarget = query === '' ? path : `${path}?${query}`;
+      const headers = upstreamRequestHeaders(ex, req.headers, tls, preserveHost, requestOps);
+      ex.upstreamHeaders = ex.body === null ? headers : withLength(headers, ex.body.length);
+      ex.responseHeaders = responseHeaders;
+      ex.mapErrors = mapErrors;
+      return PASS;
+    });
+  },
+};

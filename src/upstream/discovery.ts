@@ -1,6 +1,6 @@
 import { lookup } from 'node:dns/promises';
 import { isIPv6 } from 'node:net';
-import type { ServiceConfig } from '../config/routes-schema.js';
+import type { ServiceConfig } from './service-schema.js';
 import type { Logger } from '../observability/logger.js';
 import type { UpstreamService } from './service.js';
 

@@ -13,6 +13,10 @@ export interface PoolSettings {
   readonly key: string;
 }
 
+export function poolSettings(connectTimeoutMs: number, maxConnections: number): PoolSettings {
+  return Object.freeze({ connectTimeoutMs, maxConnections, key: `${connectTimeoutMs} ${maxConnections}` });
+}
+
 /**
  * One upstream instance and everything the gateway knows about it: its connection pools, its
  * health (active checks and passive ejection), the requests in flight (least-request and the

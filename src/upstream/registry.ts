@@ -1,4 +1,4 @@
-import type { ServiceConfig } from '../config/routes-schema.js';
+import type { ServiceConfig } from './service-schema.js';
 import type { Logger } from '../observability/logger.js';
 import { DnsDiscovery, systemResolve, type Resolve } from './discovery.js';
 import { HealthChecker } from './health-checker.js';

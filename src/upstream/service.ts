@@ -1,9 +1,11 @@
-import type { ServiceConfig } from '../config/routes-schema.js';
 import type { Logger } from '../observability/logger.js';
-import { fnv1a, Instance, mix, type FailureKind, type PoolSettings } from './instance.js';
+import { ConsistentHash } from './balancers/consistent-hash.js';
+import { LeastRequest } from './balancers/least-request.js';
+import { RoundRobin } from './balancers/round-robin.js';
+import { WeightedRoundRobin } from './balancers/weighted-round-robin.js';
+import { Instance, type FailureKind } from './instance.js';
 import { RetryBudget } from './retry-budget.js';
-
-const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
+import type { ServiceConfig } from './service-schema.js';
 
 export interface InstanceSpec {
   origin: string;
@@ -38,16 +40,18 @@ export class UpstreamService {
   outlier: OutlierPolicy | null = null;
   retry: RetryPolicy | null = null;
   retryStatuses: ReadonlySet<number> = new Set();
-  /** The pools of routes that keep the service's connect timeout. */
-  poolSettings: PoolSettings = { connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS, maxConnections: 256, key: '' };
   readonly budget = new RetryBudget(20, 3);
   // Counters, read by /metrics.
   retries = 0;
   retriesRefused = 0;
   overflows = 0;
   unavailable = 0;
-  private cursor = 0;
   private weighted = false;
+  // One of each policy (balancers/), each with its own state; `balancer` says which one picks.
+  private readonly roundRobin = new RoundRobin();
+  private readonly weightedRoundRobin = new WeightedRoundRobin();
+  private readonly leastRequest = new LeastRequest();
+  private readonly consistentHash = new ConsistentHash();
 
   constructor(
     readonly name: string,
@@ -68,7 +72,6 @@ export class UpstreamService {
     this.retry = config.retry === false || config.retry.retries === 0 ? null : config.retry;
     this.retryStatuses = new Set(this.retry?.onStatuses ?? []);
     if (this.retry !== null) this.budget.configure(this.retry.budgetPercent, this.retry.minRetriesPerSecond);
-    this.poolSettings = poolSettings(config.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS, config.maxConnections);
     if (config.instances !== undefined) this.setInstances(listedInstances(config));
   }
 
@@ -109,62 +112,9 @@ export class UpstreamService {
       return only.unavailable(now) || (tried !== null && tried.includes(only)) ? null : only;
     }
     if (list.length === 0) return null;
-    if (this.balancer === 'least-request') return this.leastRequest(list, now, tried);
-    if (this.balancer === 'consistent-hash' && key !== undefined && key !== '') return this.rendezvous(list, key, now, tried);
-    return this.weighted ? this.smoothWeighted(list, now, tried) : this.roundRobin(list, now, tried);
-  }
-
-  private roundRobin(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
-    const n = list.length;
-    for (let k = 0; k < n; k++) {
-      const index = (this.cursor + k) % n;
-      const inst = list[index]!;
-      if (eligible(inst, now, tried)) {
-        this.cursor = (index + 1) % n;
-        return inst;
-      }
-    }
-    return null;
-  }
-
-  /** nginx's smooth weighted round robin: weights honoured without bursts to one instance. */
-  private smoothWeighted(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
-    let best: Instance | null = null;
-    let total = 0;
-    for (const inst of list) {
-      if (!eligible(inst, now, tried)) continue;
-      inst.currentWeight += inst.weight;
-      total += inst.weight;
-      if (best === null || inst.currentWeight > best.currentWeight) best = inst;
-    }
-    if (best !== null) best.currentWeight -= total;
-    return best;
-  }
-
-  /** Power of two random choices: the one with fewer requests in flight (per unit of weight). */
-  private leastRequest(list: readonly Instance[], now: number, tried: readonly Instance[] | null): Instance | null {
-    const a = randomEligible(list, now, tried, null);
-    if (a === null) return null;
-    const b = randomEligible(list, now, tried, a);
-    if (b === null) return a;
-    return a.active * b.weight <= b.active * a.weight ? a : b;
-  }
-
-  /** Rendezvous hashing: a key keeps its instance while that instance is in rotation; only its keys move when it leaves. */
-  private rendezvous(list: readonly Instance[], key: string, now: number, tried: readonly Instance[] | null): Instance | null {
-    const keyHash = fnv1a(key);
-    let best: Instance | null = null;
-    let bestScore = -Infinity;
-    for (const inst of list) {
-      if (!eligible(inst, now, tried)) continue;
-      const u = (mix(keyHash ^ inst.hash) + 1) / 4_294_967_297;
-      const score = inst.weight / -Math.log(u);
-      if (score > bestScore) {
-        bestScore = score;
-        best = inst;
-      }
-    }
-    return best;
+    if (this.balancer === 'least-request') return this.leastRequest.pick(list, key, now, tried);
+    if (this.balancer === 'consistent-hash' && key !== undefined && key !== '') return this.consistentHash.pick(list, key, now, tried);
+    return (this.weighted ? this.weightedRoundRobin : this.roundRobin).pick(list, key, now, tried);
   }
 
   /** A try at `inst` ended well (any answer that is not a failure). */
@@ -236,22 +186,4 @@ export class UpstreamService {
   async destroy(): Promise<void> {
     await Promise.allSettled(this.instances.map((i) => i.destroy()));
   }
-}
-
-export function poolSettings(connectTimeoutMs: number, maxConnections: number): PoolSettings {
-  return Object.freeze({ connectTimeoutMs, maxConnections, key: `${connectTimeoutMs} ${maxConnections}` });
-}
-
-function eligible(inst: Instance, now: number, tried: readonly Instance[] | null): boolean {
-  return !inst.unavailable(now) && (tried === null || !tried.includes(inst));
-}
-
-function randomEligible(list: readonly Instance[], now: number, tried: readonly Instance[] | null, not: Instance | null): Instance | null {
-  const n = list.length;
-  const start = Math.floor(Math.random() * n);
-  for (let k = 0; k < n; k++) {
-    const inst = list[(start + k) % n]!;
-    if (inst !== not && eligible(inst, now, tried)) return inst;
-  }
-  return null;
 }

@@ -161,7 +161,7 @@ describe('readiness while the gateway shuts down', () => {
       await slowArrived;
       const closing = gw.gateway.close();
       assert.equal(gw.gateway.isShuttingDown(), true);
-      const probeReceived = once(gw.gateway.app.server, 'request');
+      const probeReceived = once(gw.gateway.server, 'request');
       const pipelined = read(client.request({ path: '/health/ready', method: 'GET' })).catch((err: NodeJS.ErrnoException) => err);
       await probeReceived;
       release();

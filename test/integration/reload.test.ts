@@ -283,9 +283,9 @@ describe('connections and requests across a reload', () => {
         { name: 'a', path: '/a', service: 'kept', auth: 'public' },
       ],
     });
-    gw.gateway.app.server.on('connection', (socket: Socket) => accepted.push(socket));
+    gw.gateway.server.on('connection', (socket: Socket) => accepted.push(socket));
     // Watches only: the gateway's own handler answers every request.
-    gw.gateway.app.server.on('request', (req: IncomingMessage) => {
+    gw.gateway.server.on('request', (req: IncomingMessage) => {
       if (req.headers['x-probe'] === 'keep-alive') probeSockets.push(req.socket);
     });
   });

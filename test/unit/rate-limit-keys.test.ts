@@ -36,7 +36,7 @@ describe('rate-limit keys', () => {
   const local = new MemoryAccessStore();
   const { log } = createLoggers('silent', new LogCapture());
   const control = new AccessControl(recording as unknown as RedisAccessStore, local, log);
-  const stage = new AccessCheck(control, null as unknown as SessionValidator, log, () => undefined);
+  const stage = new AccessCheck(control, null as unknown as SessionValidator, log);
 
   it('uses the spec key rate_limit:{user_id}, a route part for own limits, and ip: for anonymous clients', async () => {
     recording.keys.length = 0;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { serviceSchema } from '../../src/config/routes-schema.js';
+import { serviceSchema } from '../../src/upstream/service-schema.js';
 import { createLoggers } from '../../src/observability/logger.js';
 import type { Instance } from '../../src/upstream/instance.js';
 import { UpstreamService } from '../../src/upstream/service.js';

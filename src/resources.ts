@@ -1,0 +1,160 @@
+import cluster from 'node:cluster';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+import { AuditTrail } from './audit/audit-trail.js';
+import { JwtVerifier } from './auth/jwt.js';
+import { SessionValidator } from './auth/sessions.js';
+import type { GatewayConfig } from './config/load.js';
+import { ConfigError } from './errors.js';
+import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
+import type { Logger } from './observability/logger.js';
+import { Metrics } from './observability/metrics.js';
+import { Tracing, tracingConfigured } from './observability/tracing.js';
+import { AccessControl } from './stores/failover-access-store.js';
+import { MemoryAccessStore } from './stores/memory-access-store.js';
+import { RedisAccessStore } from './stores/redis-access-store.js';
+import { createRedisClient } from './stores/redis-client.js';
+import { readTlsMaterial, type TlsMaterial } from './tls.js';
+import { UpstreamPools } from './upstream/pools.js';
+import { UpstreamRegistry } from './upstream/registry.js';
+import { VERSION } from './version.js';
+import { workerMetrics } from './workers.js';
+
+/** How often the health checks run by themselves, for the dependency gauges. */
+const HEALTH_REFRESH_MS = 15_000;
+
+/** At shutdown, how long the audit backlog may take to reach the audit service before the spool keeps it. */
+const AUDIT_DRAIN_MS = 2_000;
+
+/**
+ * What the request path is handed: the key set, the shared stores (Redis, or memory for one
+ * process), the audit trail, tracing, metrics, health and the upstream services. Everything
+ * that can refuse the config is read before anything is opened or started.
+ */
+export interface Resources {
+  readonly tls: TlsMaterial | null;
+  readonly upstreamCa: Buffer | undefined;
+  readonly upstreams: UpstreamRegistry;
+  readonly verifier: JwtVerifier;
+  readonly accessControl: AccessControl;
+  readonly sessions: SessionValidator;
+  readonly audit: AuditTrail | null;
+  readonly tracing: Tracing | null;
+  readonly metrics: Metrics | null;
+  readonly health: HealthMonitor;
+  /** For /health and /debug/vars: each service's instances in rotation, and the audit trail's state. */
+  readonly serviceCounts: () => Array<{ name: string; healthy: number; total: number }>;
+  readonly auditState: () => { problem: string | null; failing: boolean; backlogBytes: number } | null;
+  close(): Promise<void>;
+}
+
+export async function openResources(config: GatewayConfig, logger: Logger, isShuttingDown: () => boolean): Promise<Resources> {
+  const { env } = config;
+  const tls = env.TLS_CERT_FILE ? await readTlsMaterial(env.TLS_CERT_FILE, env.TLS_KEY_FILE!) : null;
+  const upstreamCa = env.UPSTREAM_CA_FILE === undefined ? undefined : await readFile(env.UPSTREAM_CA_FILE).catch((err: NodeJS.ErrnoException) => {
+    throw new ConfigError([`UPSTREAM_CA_FILE: cannot read "${env.UPSTREAM_CA_FILE}" (${err.code ?? 'error'})`]);
+  });
+  const verifier = await JwtVerifier.create({
+    keys: [
+      { secret: env.JWT_SECRET, kid: env.JWT_KID },
+      ...(env.JWT_PREVIOUS_SECRET !== undefined ? [{ secret: env.JWT_PREVIOUS_SECRET, kid: env.JWT_PREVIOUS_KID, untilMs: env.JWT_PREVIOUS_SECRET_EXPIRES_AT }] : []),
+    ],
+    maxLifetimeSeconds: env.JWT_EXPIRES_IN,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    issuer: env.JWT_ISSUER,
+    audience: env.JWT_AUDIENCE,
+    jwksUrl: env.JWT_JWKS_URL,
+    jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
+  });
+  const upstreams = new UpstreamRegistry(logger, undefined, upstreamCa);
+  const { redis, subscriber, local, accessControl } = openStores(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger);
+  const audit = env.AUDIT_ENABLED ? await openAudit(config, upstreamCa, logger) : null;
+  const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
+  const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
+  const metrics = env.ENABLE_METRICS ? createMetrics(() => upstreams.list(), audit, memoryLimitBytes) : null;
+  const pools = new UpstreamPools();
+  const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64, ca: upstreamCa });
+  const serviceCounts = () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) }));
+  const auditState = () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes });
+  const health = new HealthMonitor({
+    version: VERSION,
+    authServiceUrl: env.AUTH_SERVICE_URL,
+    redisPing: redis ? () => redis.ping() : null,
+    sharedStoreDegraded: () => accessControl.degraded,
+    probeSharedStore: () => accessControl.probe(),
+    cacheMs: env.HEALTH_CACHE_MS,
+    eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
+    memoryLimitBytes,
+    isShuttingDown,
+    services: serviceCounts,
+    audit: auditState,
+    onReport: (report) => {
+      for (const [name, status] of Object.entries(report.dependencies)) metrics?.dependencyHealth(name, status === 'healthy');
+      if (report.audit) metrics?.dependencyHealth('audit', report.audit.status === 'healthy');
+    },
+    onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
+  });
+  // The dependency gauges (and their alert) stay current even when nothing probes /health.
+  const healthRefresh = metrics === null ? null : setInterval(() => void health.report().catch(() => undefined), HEALTH_REFRESH_MS);
+  healthRefresh?.unref();
+  return {
+    tls,
+    upstreamCa,
+    upstreams,
+    verifier,
+    accessControl,
+    sessions: new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS),
+    audit,
+    tracing,
+    metrics,
+    health,
+    serviceCounts,
+    auditState,
+    async close() {
+      if (healthRefresh !== null) clearInterval(healthRefresh);
+      await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS), tracing?.shutdown()]);
+      health.stop();
+      local.close();
+      redis?.disconnect();
+      subscriber?.disconnect();
+    },
+  };
+}
+
+/** Redis when REDIS_URL is set, with the in-process store as its fallback; the in-process store alone otherwise. */
+function openStores(url: string | undefined, timeoutMs: number, logger: Logger): { redis: Redis | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
+  const redis = url ? createRedisClient(url, timeoutMs, logger) : null;
+  const local = new MemoryAccessStore();
+  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis) : null, local, logger);
+  // Revocations announced by other replicas, mirrored for use while Redis is away.
+  const subscriber = url ? createRedisClient(url, timeoutMs, logger) : null;
+  if (subscriber !== null) accessControl.listen(subscriber);
+  return { redis, subscriber, local, accessControl };
+}
+
+function openAudit(config: GatewayConfig, ca: Buffer | undefined, logger: Logger): Promise<AuditTrail> {
+  const { env } = config;
+  return AuditTrail.open(
+    {
+      serviceUrl: env.AUDIT_SERVICE_URL,
+      // Each worker of WORKERS > 1 keeps a spool of its own, by slot, so a restarted worker takes over its predecessor's.
+      spoolDir: cluster.isWorker ? join(env.AUDIT_SPOOL_DIR, `worker-${process.env.GATEWAY_WORKER_SLOT ?? cluster.worker!.id}`) : env.AUDIT_SPOOL_DIR,
+      spoolMaxBytes: env.AUDIT_SPOOL_MAX_MB * 1024 * 1024,
+      requestTimeoutMs: env.AUDIT_REQUEST_TIMEOUT_MS,
+      ca,
+    },
+    logger,
+  ).catch((err: unknown) => {
+    throw new ConfigError([`AUDIT_SPOOL_DIR: cannot use "${env.AUDIT_SPOOL_DIR}" (${(err as Error).message}); point it at a writable folder of this gateway's own`]);
+  });
+}
+
+/** In a worker of WORKERS > 1, /metrics shows every worker's numbers, merged by the primary. */
+function createMetrics(upstreams: () => ReturnType<UpstreamRegistry['list']>, audit: AuditTrail | null, memoryLimitBytes: number): Metrics {
+  if (!cluster.isWorker) return new Metrics(upstreams, null, audit, memoryLimitBytes);
+  let fetchMerged: (() => Promise<string>) | null = null;
+  const metrics = new Metrics(upstreams, () => fetchMerged!(), audit, memoryLimitBytes);
+  fetchMerged = workerMetrics(metrics.registry);
+  return metrics;
+}

@@ -1,0 +1,99 @@
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createSecureServer, type Http2Session } from 'node:http2';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import type { SecureContextOptions, Server as TlsServer } from 'node:tls';
+import { ERRORS, problem, PROBLEM_CONTENT_TYPE, type ErrorCode } from './errors.js';
+import type { Logger } from './observability/logger.js';
+import { requestIdFrom } from './pipeline/request-id.js';
+import { MIN_TLS_VERSION, type TlsMaterial } from './tls.js';
+
+/** Streams one HTTP/2 connection may have open: one client cannot take the circuit breaker's whole budget. */
+const H2_MAX_STREAMS = 128;
+
+export interface ServerOptions {
+  /** Null: plain HTTP (TLS ends at a proxy in front, or a development setup). */
+  readonly tls: TlsMaterial | null;
+  readonly http2: boolean;
+  readonly maxHeaderBytes: number;
+  readonly keepAliveTimeoutMs: number;
+  readonly requestTimeoutMs: number;
+  readonly headersTimeoutMs: number;
+}
+
+export interface GatewayServer {
+  readonly server: Server;
+  /** Hands a renewed certificate to the listener: connections opened from now on use it. */
+  setSecureContext(material: TlsMaterial): void;
+  /** Stops accepting connections, ends idle ones, and tells HTTP/2 clients to go (GOAWAY after their open streams). */
+  close(): Promise<void>;
+  closeIdleConnections(): void;
+}
+
+/**
+ * The one HTTP stack: a `node:http` server, or with TLS an HTTPS one (HTTP/2 by ALPN and
+ * HTTP/1.1 for clients that do not offer it, on the same port and with the same limits). Every
+ * request, own endpoint or proxied, goes to `handle`. Malformed requests that never become one
+ * (bad framing, headers too large, a client too slow) get the gateway's problem on the raw socket.
+ */
+export function createGatewayServer(options: ServerOptions, handle: (req: IncomingMessage, res: ServerResponse) => void, logger: Logger): GatewayServer {
+  // A missing Host gets the gateway's own 400 (pipeline/framing.ts), not Node's bare one.
+  const common = { maxHeaderSize: options.maxHeaderBytes, requireHostHeader: false };
+  const sessions = new Set<Http2Session>();
+  let server: Server;
+  let tlsServer: TlsServer | null = null;
+  const material = options.tls;
+  if (material === null) server = createHttpServer(common, handle);
+  else if (options.http2) {
+    const h2 = createSecureServer(
+      { allowHTTP1: true, cert: material.cert, key: material.key, minVersion: MIN_TLS_VERSION, settings: { maxHeaderListSize: options.maxHeaderBytes, maxConcurrentStreams: H2_MAX_STREAMS } },
+      handle as unknown as Parameters<typeof createSecureServer>[1],
+    );
+    h2.on('session', (session: Http2Session) => {
+      sessions.add(session);
+      session.once('close', () => sessions.delete(session));
+      // An idle session ends like an idle HTTP/1.1 keep-alive connection: gracefully (GOAWAY).
+      session.setTimeout(options.keepAliveTimeoutMs, () => session.close());
+    });
+    tlsServer = h2;
+    server = h2 as unknown as Server;
+    (server as { maxHeaderSize?: number }).maxHeaderSize = options.maxHeaderBytes;
+  } else {
+    const https = createHttpsServer({ ...common, cert: material.cert, key: material.key, minVersion: MIN_TLS_VERSION }, handle);
+    tlsServer = https;
+    server = https;
+  }
+  server.keepAliveTimeout = options.keepAliveTimeoutMs;
+  server.requestTimeout = options.requestTimeoutMs;
+  server.headersTimeout = options.headersTimeoutMs;
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger));
+  return {
+    server,
+    setSecureContext: (m) => tlsServer!.setSecureContext({ cert: m.cert, key: m.key, minVersion: MIN_TLS_VERSION } satisfies SecureContextOptions),
+    closeIdleConnections: () => server.closeIdleConnections(),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const session of sessions) session.close();
+        server.close(() => resolve());
+        server.closeIdleConnections();
+      }),
+  };
+}
+
+function answerClientError(err: NodeJS.ErrnoException, socket: Socket, logger: Logger): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const code: ErrorCode =
+    err.code === 'HPE_HEADER_OVERFLOW' ? 'GW_HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'GW_REQUEST_TIMEOUT' : 'GW_BAD_REQUEST';
+  const id = requestIdFrom(undefined);
+  const detail =
+    code === 'GW_HEADERS_TOO_LARGE' ? 'the request line and headers are too large' : code === 'GW_REQUEST_TIMEOUT' ? 'the request was not received in time' : 'the request is not valid HTTP/1.1';
+  const body = JSON.stringify(problem(code, id, detail));
+  const { status, title } = ERRORS[code];
+  logger.info({ request_id: id, error_code: code, cause: err.code, ip_address: socket.remoteAddress }, 'rejected malformed request');
+  socket.end(
+    `HTTP/1.1 ${status} ${title}\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nX-Request-ID: ${id}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}

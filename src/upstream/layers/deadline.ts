@@ -1,0 +1,79 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { Decorator, type UpstreamCall, type UpstreamHandler, type UpstreamLayer } from '../call.js';
+import { ClientClosed, ResponseTimeout, TryTimeout } from '../failures.js';
+
+type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
+
+function onTimeout(timer: Deadline): void {
+  timer.expire();
+}
+
+/**
+ * The time one try has for its response head: what is left of the route's deadline, or the
+ * service's per-try timeout when the call may be retried and that is shorter. A try still queued
+ * for a connection when its time is up fails at once; if a connection takes it later, it is
+ * aborted there and nothing more of it is passed on.
+ */
+class Deadline extends Decorator {
+  private readonly timer: NodeJS.Timeout;
+  private controller: NonNullable<Controller> | null = null;
+  /** Failed while queued: what the try still reports is swallowed. */
+  private expired = false;
+  private readonly perTry: boolean;
+
+  constructor(
+    handler: UpstreamHandler,
+    private readonly call: UpstreamCall,
+  ) {
+    super(handler);
+    // undici's own headersTimeout runs on a coarse timer (about 500 ms ticks) and only once the
+    // request is written: a 200 ms route timeout could fire after a second, and a request queued
+    // behind a busy pool would have none. The deadline gets a timer of its own.
+    const now = performance.now();
+    let ms = Math.max(1, call.deadline - now);
+    const perTryMs = call.service.retry?.perTryTimeoutMs;
+    this.perTry = call.tried !== null && perTryMs !== undefined && perTryMs < ms;
+    if (this.perTry) ms = perTryMs!;
+    this.timer = setTimeout(onTimeout, ms, this);
+  }
+
+  expire(): void {
+    const call = this.call;
+    const err = this.perTry ? new TryTimeout(call.service.retry!.perTryTimeoutMs!) : new ResponseTimeout(call.settings.timeoutMs);
+    if (this.controller !== null) {
+      this.controller.abort(err);
+      return;
+    }
+    this.expired = true;
+    this.handler.onResponseError(null, err);
+  }
+
+  override onRequestStart(controller: NonNullable<Controller>, context: unknown): void {
+    this.controller = controller;
+    if (this.expired) controller.abort(new ClientClosed('the try timed out while queued'));
+    else this.handler.onRequestStart(controller, context);
+  }
+
+  override onResponseStart(controller: NonNullable<Controller>, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    if (this.expired) return;
+    if (statusCode >= 200) clearTimeout(this.timer);
+    this.handler.onResponseStart(controller, statusCode, headers, statusMessage);
+  }
+
+  override onResponseData(controller: NonNullable<Controller>, chunk: Buffer): void {
+    if (!this.expired) this.handler.onResponseData(controller, chunk);
+  }
+
+  override onResponseEnd(controller: NonNullable<Controller>, trailers: IncomingHttpHeaders): void {
+    clearTimeout(this.timer);
+    if (!this.expired) this.handler.onResponseEnd(controller, trailers);
+  }
+
+  override onResponseError(controller: Controller, error: Error): void {
+    clearTimeout(this.timer);
+    if (!this.expired) this.handler.onResponseError(controller, error);
+  }
+}
+
+/** The response deadline of each try (504 when the route's passes, another try when a per-try timeout does). */
+export const deadline: UpstreamLayer = (next) => (call, handler) => next(call, new Deadline(handler, call));
