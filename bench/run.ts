@@ -38,6 +38,8 @@ interface Options {
   tokens: number;
   write: boolean;
   profile: boolean;
+  /** A git revision whose gateway is measured beside this one, row for row (BENCH_BASELINE). */
+  baseline: string | null;
 }
 
 function options(): Options {
@@ -64,6 +66,7 @@ function options(): Options {
     tokens: int('BENCH_TOKENS', 1, 1),
     write: flags.includes('--write'),
     profile: flags.includes('--profile'),
+    baseline: process.env.BENCH_BASELINE?.trim() || null,
   };
 }
 
@@ -108,8 +111,11 @@ function describePinning(p: Pinning): string {
   ].join('\n');
 }
 
+type TargetKey = 'direct' | 'nginx' | 'gateway' | 'gateway-auth' | 'gateway-auth-redis' | 'gateway-auth-rotating';
+
 interface Target {
-  key: 'direct' | 'nginx' | 'gateway' | 'gateway-auth' | 'gateway-auth-redis' | 'gateway-auth-rotating';
+  /** `@baseline` marks the same row measured on the BENCH_BASELINE build. */
+  key: TargetKey | `${TargetKey}@baseline`;
   label: string;
   url: string;
   headers: string[];
@@ -129,7 +135,7 @@ async function preflight(targets: readonly Target[]): Promise<void> {
     const body = await res.text();
     if (res.status !== 200 || body !== UPSTREAM_BODY) throw new Error(`${t.label}: ${t.url} answered ${res.status} ${body.slice(0, 200)}`);
   }
-  for (const authed of targets.filter((t) => t.key === 'gateway-auth' || t.key === 'gateway-auth-redis')) {
+  for (const authed of targets.filter((t) => t.key.startsWith('gateway-auth') && t.script === undefined)) {
     const res = await fetch(authed.url);
     await res.arrayBuffer();
     if (res.status !== 401) throw new Error(`${authed.label}: without a token it answered ${res.status}, not 401; auth is not enforced`);
@@ -173,6 +179,8 @@ const FOREIGN_LIMIT = 0.05;
 /** What every stage of a run needs: the settings, the pinning and the upstream. */
 interface Setup {
   o: Options;
+  /** The root of the BENCH_BASELINE build, when there is one. */
+  baselineRoot: string | null;
   pin: Pinning;
   facts: Facts;
   dir: string;
@@ -237,6 +245,10 @@ async function compare(setup: Setup): Promise<void> {
   setup.upstreamPids.push(redis.child.pid!);
   const gwRedis = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy), [], `redis://127.0.0.1:${redis.port}`);
   const token = await signToken(secret);
+  const base = setup.baselineRoot === null ? null : {
+    gw: await startGateway(setup.baselineRoot, join(dir, 'baseline'), upstreamPort, secret, cpuArg(pin.proxy)),
+    gwRedis: await startGateway(setup.baselineRoot, join(dir, 'baseline'), upstreamPort, secret, cpuArg(pin.proxy), [], `redis://127.0.0.1:${redis.port}`),
+  };
 
   const targets: Target[] = [
     { key: 'direct', label: 'direct (wrk -> upstream)', url: `http://127.0.0.1:${upstreamPort}/`, headers: [], accessLog: null, pids: [] },
@@ -259,6 +271,21 @@ async function compare(setup: Setup): Promise<void> {
       pids: [gwRedis.child.pid!],
     },
   ];
+  if (base !== null) {
+    const suffix = ` (baseline ${o.baseline})`;
+    targets.push(
+      { key: 'gateway@baseline', label: `gateway (public route)${suffix}`, url: `http://127.0.0.1:${base.gw.port}/plain`, headers: [], accessLog: base.gw.log, pids: [base.gw.child.pid!] },
+      { key: 'gateway-auth@baseline', label: `gateway + JWT auth${suffix}`, url: `http://127.0.0.1:${base.gw.port}/authed`, headers: [`Authorization: Bearer ${token}`], accessLog: base.gw.log, pids: [base.gw.child.pid!] },
+      {
+        key: 'gateway-auth-redis@baseline',
+        label: `gateway + JWT + Redis (revocation, limit)${suffix}`,
+        url: `http://127.0.0.1:${base.gwRedis.port}/authed`,
+        headers: [`Authorization: Bearer ${token}`],
+        accessLog: base.gwRedis.log,
+        pids: [base.gwRedis.child.pid!],
+      },
+    );
+  }
   if (o.tokens > 1) {
     targets.push({
       key: 'gateway-auth-rotating',
@@ -311,6 +338,7 @@ async function compare(setup: Setup): Promise<void> {
     verdict(get('gateway'), TARGET_PLAIN),
     verdict(get('gateway-auth'), TARGET_AUTH),
     verdict(get('gateway-auth-redis'), TARGET_AUTH),
+    ...(base === null ? [] : (['gateway', 'gateway-auth', 'gateway-auth-redis'] as const).map((k) => againstBaseline(get(k), get(`${k}@baseline`), o.baseline!))),
     `runs skewed by other processes (> ${FOREIGN_LIMIT * 100}% of either core): ${skewed} of ${all.length}`,
   ];
 
@@ -330,6 +358,36 @@ async function compare(setup: Setup): Promise<void> {
     await appendFile(join(ROOT, 'BENCHMARKS.md'), section);
     console.log('\nappended to BENCHMARKS.md');
   }
+}
+
+/**
+ * A row against its twin on the baseline build: requests per proxy CPU-second, with the noise of
+ * the two rows (each one's spread over the rounds) to read the difference against.
+ */
+function againstBaseline(now: Summary, before: Summary, rev: string): string {
+  const perCpu = (s: Summary) => (s.proxyCpu === null || s.proxyCpu === 0 ? s.rps : s.rps / s.proxyCpu);
+  const ratio = perCpu(now) / perCpu(before);
+  const noise = Math.max(now.spread, before.spread) * 50;
+  return `${now.label}: ${ratio.toFixed(3)} x baseline ${rev} per proxy CPU-second (${((ratio - 1) * 100).toFixed(1)}%; the noise of this pair of rows: ±${noise.toFixed(1)}%)`;
+}
+
+/**
+ * The gateway at another revision, built beside this one: its tree from git (nothing of this
+ * checkout's working tree), its own dependencies from its own lockfile.
+ */
+function buildBaseline(rev: string, dir: string): string {
+  const root = join(dir, 'baseline-build');
+  console.log(`building the baseline ${rev} in ${root}`);
+  run('mkdir', ['-p', root]);
+  const archive = spawnSync('sh', ['-c', `git archive ${JSON.stringify(rev)} | tar -x -C ${JSON.stringify(root)}`], { cwd: ROOT, stdio: 'inherit' });
+  if (archive.status !== 0) throw new Error(`BENCH_BASELINE=${rev}: git archive failed; is it a revision of this repository?`);
+  const npm = (args: string[]) => {
+    const r = spawnSync('npm', args, { cwd: root, stdio: 'inherit' });
+    if (r.status !== 0) throw new Error(`baseline: npm ${args.join(' ')} failed`);
+  };
+  npm(['ci', '--no-audit', '--no-fund']);
+  npm(['run', 'build']);
+  return root;
 }
 
 /**
@@ -400,7 +458,9 @@ async function main(): Promise<void> {
   try {
     const upstreamPort = await freePort();
     const upstream = await startNginx(nginx, dir, 'upstream', upstreamConf(dir, upstreamPort), cpuArg(pin.load), `http://127.0.0.1:${upstreamPort}/`);
-    const setup: Setup = { o, pin, facts, dir, nginx, redisServer, upstreamPort, upstreamPids: processTree(upstream.pid!) };
+    const baselineRoot = o.baseline === null || o.profile ? null : buildBaseline(o.baseline, dir);
+    if (baselineRoot !== null) await mkdir(join(dir, 'baseline'), { recursive: true });
+    const setup: Setup = { o, pin, facts, dir, baselineRoot, nginx, redisServer, upstreamPort, upstreamPids: processTree(upstream.pid!) };
     if (o.profile) await profile(setup);
     else await compare(setup);
   } finally {

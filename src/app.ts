@@ -20,6 +20,7 @@ import { authenticate } from './pipeline/authenticate.js';
 import { authorize } from './pipeline/authorize.js';
 import { canonicalPath } from './pipeline/canonical-path.js';
 import { ClientAddress } from './pipeline/client-address.js';
+import { contentType } from './pipeline/content-type.js';
 import { cors, preflight } from './pipeline/cors.js';
 import type { RouteStage, Stage } from './pipeline/exchange.js';
 import { finisher } from './pipeline/finish.js';
@@ -31,8 +32,8 @@ import { routeMatch } from './pipeline/route-match.js';
 import { Runner } from './pipeline/run.js';
 import { transform } from './pipeline/transform.js';
 import { openResources, type Resources } from './resources.js';
-import { createGatewayServer } from './server.js';
-import { CertificateWatcher } from './tls.js';
+import { createGatewayServer, hstsValue, serverOptions } from './server.js';
+import { CertificateWatcher, type TlsMaterial } from './tls.js';
 import { compose } from './upstream/call.js';
 import { balance } from './upstream/layers/balance.js';
 import { breaker } from './upstream/layers/breaker.js';
@@ -54,69 +55,65 @@ export interface Gateway {
 }
 
 /**
- * The composition root: wiring only. The request path is the lists below (docs/architecture.md);
- * each stage is one file of pipeline/, each upstream layer one file of upstream/layers/.
+ * Every route's chain is built from these stages, in this order, when the config compiles; a
+ * stage the route does not need leaves itself out (a route without roles has no authorize step).
+ */
+export const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [authenticate, authorize, accessCheck, contentType, auditGate, authFlow, transform, forward, revoke];
+
+/**
+ * The composition root: wiring only. The request path is the lists below (docs/architecture.md
+ * draws it); each stage is one file of pipeline/, each upstream layer one file of upstream/layers/.
  */
 export async function buildGateway(config: GatewayConfig, { log: logger, access }: Loggers): Promise<Gateway> {
   const { env } = config;
   let shuttingDown = false;
   const isShuttingDown = () => shuttingDown;
   const r = await openResources(config, logger, isShuttingDown);
+  let routes: LiveConfig | null = null;
+  const table = () => routes!.current();
+  const hsts = hstsValue(env.HSTS_MAX_AGE_SECONDS, r.tls);
+  const admit = admission(isShuttingDown);
 
-  // The upstream call, from the outermost layer in.
+  // The request path. A request enters by one of two doors: the gateway's own endpoints...
+  const ownDoor = [requestId, admit, ownEndpoints({ health: r.health, metrics: r.metrics, version: VERSION, isShuttingDown })];
+  // ...or the entry, after which the matched route's chain runs,
+  const entry = [requestId, admit, canonicalPath, preflight(table, hsts), routeMatch(table), cors];
+  // built per route when the config compiles from ROUTE_CHAIN (above);
+  // forward's upstream call, from the outermost layer in;
   const upstreamCall = compose([errorMap, breaker, balance, retry, outlier, deadline], send);
-
-  // Every route's chain, in this order; a stage the route does not need leaves itself out.
-  const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [authenticate, authorize, accessCheck, auditGate, authFlow, transform, forward, revoke];
+  // and on the way out, one exit phase: the access line, metrics, the audit event, the spans.
+  const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
+  const finish = finisher({ accessLog, audit: r.audit, metrics: r.metrics, logger, isShuttingDown, closeIdle: () => http.closeIdleConnections() });
 
   const deps = stageDeps(config, r, upstreamCall, logger);
   const chainFor = (route: ResolvedRoute, scope: CompileScope): Stage[] => ROUTE_CHAIN.map((s) => s.create(route, { ...deps, ...scope })).filter((s) => s !== null);
-  const routes = await LiveConfig.create(config.routes, env, r.upstreams, chainFor, () => (shuttingDown ? 'the gateway is shutting down' : null)).catch(async (err: unknown) => {
+  routes = await LiveConfig.create(config.routes, env, r.upstreams, chainFor, () => (shuttingDown ? 'the gateway is shutting down' : null)).catch(async (err: unknown) => {
     await r.close();
     throw err;
   });
-
-  const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
-  const hsts = r.tls !== null && env.HSTS_MAX_AGE_SECONDS > 0 ? `max-age=${env.HSTS_MAX_AGE_SECONDS}; includeSubDomains` : null;
   const runner = new Runner(
-    {
-      own: [requestId, admission(isShuttingDown), ownEndpoints({ health: r.health, metrics: r.metrics, version: VERSION, isShuttingDown })],
-      isOwn: isOwnEndpoint,
-      entry: [requestId, admission(isShuttingDown), canonicalPath, preflight(routes.current, hsts), routeMatch(routes.current), cors],
-    },
+    { own: ownDoor, isOwn: isOwnEndpoint, entry },
     {
       addresses: new ClientAddress(env.TRUSTED_PROXIES.length > 0 ? trustedProxyList(env.TRUSTED_PROXIES) : null),
       tracing: r.tracing,
       hsts: hsts === null ? null : Object.freeze(['strict-transport-security', hsts]),
-      finish: finisher({ accessLog, audit: r.audit, metrics: r.metrics, logger, isShuttingDown, closeIdle: () => http.closeIdleConnections() }),
+      finish,
       logger,
     },
   );
-
-  const http = createGatewayServer(
-    { tls: r.tls, http2: env.HTTP2_ENABLED, maxHeaderBytes: env.MAX_HEADER_BYTES, keepAliveTimeoutMs: env.KEEP_ALIVE_TIMEOUT_MS, requestTimeoutMs: env.CLIENT_REQUEST_TIMEOUT_MS, headersTimeoutMs: env.CLIENT_HEADERS_TIMEOUT_MS },
-    runner.handle,
-    logger,
-  );
-  const certificates = r.tls === null ? null : new CertificateWatcher(env.TLS_CERT_FILE!, env.TLS_KEY_FILE!, r.tls, http.setSecureContext, logger);
-  certificates?.watch();
-  const reloader = new RoutesReloader(config.routesFile, config.source, routes.swapIn, logger, (ok) => r.metrics?.configReload(ok));
-  if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
+  const http = createGatewayServer(serverOptions(env, r.tls), runner.handle, logger);
+  const reloads = await watchConfig(config, r, routes.swapIn, http.setSecureContext, logger);
 
   let admin: Server | null = null;
   const gateway: Gateway = {
     server: http.server,
     health: r.health,
     isShuttingDown,
-    async reload() {
-      await certificates?.reload();
-      return reloader.reload();
-    },
+    reload: reloads.reload,
     async close() {
       if (shuttingDown) return;
       shuttingDown = true;
-      reloader.close();
-      certificates?.close();
+      reloads.close();
       admin?.close();
       await http.close();
       accessLog.flush();
@@ -127,7 +124,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   return gateway;
 }
 
-type StageDeps = ReturnType<typeof stageDeps> & CompileScope;
+export type StageDeps = ReturnType<typeof stageDeps> & CompileScope;
 
 /** What the route stages are handed, besides the config they are compiled from. */
 function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType<typeof compose>, logger: Loggers['log']) {
@@ -149,6 +146,25 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
     tls: r.tls !== null,
     upstreamCall,
     tracing: r.tracing,
+  };
+}
+
+/** What reloads without a restart: the routes file (on change and SIGHUP) and the TLS certificate (on change). */
+async function watchConfig(config: GatewayConfig, r: Resources, swapIn: LiveConfig['swapIn'], setSecureContext: (m: TlsMaterial) => void, logger: Loggers['log']) {
+  const { env } = config;
+  const certificates = r.tls === null ? null : new CertificateWatcher(env.TLS_CERT_FILE!, env.TLS_KEY_FILE!, r.tls, setSecureContext, logger);
+  certificates?.watch();
+  const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => r.metrics?.configReload(ok));
+  if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
+  return {
+    async reload(): Promise<ReloadResult> {
+      await certificates?.reload();
+      return reloader.reload();
+    },
+    close(): void {
+      reloader.close();
+      certificates?.close();
+    },
   };
 }
 

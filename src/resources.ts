@@ -77,24 +77,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64, ca: upstreamCa });
   const serviceCounts = () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) }));
   const auditState = () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes });
-  const health = new HealthMonitor({
-    version: VERSION,
-    authServiceUrl: env.AUTH_SERVICE_URL,
-    redisPing: redis ? () => redis.ping() : null,
-    sharedStoreDegraded: () => accessControl.degraded,
-    probeSharedStore: () => accessControl.probe(),
-    cacheMs: env.HEALTH_CACHE_MS,
-    eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
-    memoryLimitBytes,
-    isShuttingDown,
-    services: serviceCounts,
-    audit: auditState,
-    onReport: (report) => {
-      for (const [name, status] of Object.entries(report.dependencies)) metrics?.dependencyHealth(name, status === 'healthy');
-      if (report.audit) metrics?.dependencyHealth('audit', report.audit.status === 'healthy');
-    },
-    onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
-  });
+  const health = openHealth(config, { redis, accessControl, metrics, memoryLimitBytes, isShuttingDown, serviceCounts, auditState }, logger);
   // The dependency gauges (and their alert) stay current even when nothing probes /health.
   const healthRefresh = metrics === null ? null : setInterval(() => void health.report().catch(() => undefined), HEALTH_REFRESH_MS);
   healthRefresh?.unref();
@@ -120,6 +103,33 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
       subscriber?.disconnect();
     },
   };
+}
+
+/** The spec's health logic over the gateway's dependencies; its reports keep the dependency gauges current. */
+function openHealth(
+  config: GatewayConfig,
+  d: { redis: Redis | null; accessControl: AccessControl; metrics: Metrics | null; memoryLimitBytes: number; isShuttingDown: () => boolean } & Pick<Resources, 'serviceCounts' | 'auditState'>,
+  logger: Logger,
+): HealthMonitor {
+  const { env } = config;
+  return new HealthMonitor({
+    version: VERSION,
+    authServiceUrl: env.AUTH_SERVICE_URL,
+    redisPing: d.redis ? () => d.redis!.ping() : null,
+    sharedStoreDegraded: () => d.accessControl.degraded,
+    probeSharedStore: () => d.accessControl.probe(),
+    cacheMs: env.HEALTH_CACHE_MS,
+    eventLoopThresholdMs: env.HEALTH_EVENT_LOOP_THRESHOLD_MS,
+    memoryLimitBytes: d.memoryLimitBytes,
+    isShuttingDown: d.isShuttingDown,
+    services: d.serviceCounts,
+    audit: d.auditState,
+    onReport: (report) => {
+      for (const [name, status] of Object.entries(report.dependencies)) d.metrics?.dependencyHealth(name, status === 'healthy');
+      if (report.audit) d.metrics?.dependencyHealth('audit', report.audit.status === 'healthy');
+    },
+    onChange: (status, checks) => logger[status === 'healthy' ? 'info' : 'warn']({ status, checks }, `health is now ${status}`),
+  });
 }
 
 /** Redis when REDIS_URL is set, with the in-process store as its fallback; the in-process store alone otherwise. */

@@ -3,6 +3,7 @@ import { createSecureServer, type Http2Session } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { SecureContextOptions, Server as TlsServer } from 'node:tls';
+import type { Env } from './config/env.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, type ErrorCode } from './errors.js';
 import type { Logger } from './observability/logger.js';
 import { requestIdFrom } from './pipeline/request-id.js';
@@ -19,6 +20,22 @@ export interface ServerOptions {
   readonly keepAliveTimeoutMs: number;
   readonly requestTimeoutMs: number;
   readonly headersTimeoutMs: number;
+}
+
+export function serverOptions(env: Env, tls: TlsMaterial | null): ServerOptions {
+  return {
+    tls,
+    http2: env.HTTP2_ENABLED,
+    maxHeaderBytes: env.MAX_HEADER_BYTES,
+    keepAliveTimeoutMs: env.KEEP_ALIVE_TIMEOUT_MS,
+    requestTimeoutMs: env.CLIENT_REQUEST_TIMEOUT_MS,
+    headersTimeoutMs: env.CLIENT_HEADERS_TIMEOUT_MS,
+  };
+}
+
+/** The Strict-Transport-Security value of every answer over TLS; null without TLS or with HSTS_MAX_AGE_SECONDS=0. */
+export function hstsValue(maxAgeSeconds: number, tls: TlsMaterial | null): string | null {
+  return tls !== null && maxAgeSeconds > 0 ? `max-age=${maxAgeSeconds}; includeSubDomains` : null;
 }
 
 export interface GatewayServer {

@@ -40,13 +40,7 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
     // A send to a worker that has just died must not take the primary down with it.
     worker.on('error', (err) => logger.warn({ err, slot }, 'worker channel error'));
     startedAt.set(slot, Date.now());
-    worker.on('message', (message: MetricsMessage) => {
-      if (message?.type !== METRICS_REQUEST) return;
-      aggregator
-        .clusterMetrics()
-        .then((body) => reply(worker, { type: METRICS_RESPONSE, id: message.id, body }))
-        .catch((err: unknown) => reply(worker, { type: METRICS_RESPONSE, id: message.id, error: (err as Error).message }));
-    });
+    serveMergedMetrics(worker, aggregator);
     return worker;
   };
 
@@ -73,19 +67,27 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
 
   for (let i = 0; i < count; i++) fork(i);
   logger.info({ workers: count }, 'started worker processes');
-
-  const each = (signal: NodeJS.Signals) => {
-    for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
-  };
-  process.on('SIGHUP', () => each('SIGHUP'));
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
+  passSignals(shutdownTimeoutMs, logger, () => {
+    if (stopping) return false;
     stopping = true;
+    return true;
+  });
+}
+
+function signalWorkers(signal: NodeJS.Signals): void {
+  for (const worker of Object.values(cluster.workers ?? {})) worker?.process.kill(signal);
+}
+
+/** SIGHUP goes on to every worker; SIGTERM/SIGINT drain them, and kill what is left after the timeout. */
+function passSignals(shutdownTimeoutMs: number, logger: Logger, beginStop: () => boolean): void {
+  process.on('SIGHUP', () => signalWorkers('SIGHUP'));
+  const stop = (signal: NodeJS.Signals) => {
+    if (!beginStop()) return;
     logger.info({ signal }, 'stopping the workers');
-    each('SIGTERM');
+    signalWorkers('SIGTERM');
     const deadline = setTimeout(() => {
       logger.error('workers did not stop before SHUTDOWN_TIMEOUT_MS');
-      each('SIGKILL');
+      signalWorkers('SIGKILL');
       logger.flush();
       process.exit(1);
     }, shutdownTimeoutMs + 2_000);
@@ -93,6 +95,17 @@ export function runPrimary(count: number, shutdownTimeoutMs: number, logger: Log
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+}
+
+/** A worker asks for the merged metrics of all workers; the primary collects and answers. */
+function serveMergedMetrics(worker: Worker, aggregator: InstanceType<typeof AggregatorRegistry>): void {
+  worker.on('message', (message: MetricsMessage) => {
+    if (message?.type !== METRICS_REQUEST) return;
+    aggregator
+      .clusterMetrics()
+      .then((body) => reply(worker, { type: METRICS_RESPONSE, id: message.id, body }))
+      .catch((err: unknown) => reply(worker, { type: METRICS_RESPONSE, id: message.id, error: (err as Error).message }));
+  });
 }
 
 function reply(worker: Worker, message: MetricsMessage): void {

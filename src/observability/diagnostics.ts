@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import { getHeapSnapshot, getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
 import type { Logger } from './logger.js';
@@ -22,10 +22,30 @@ const ADMIN_HOST = '127.0.0.1';
 export async function startAdminListener(port: number, sources: DiagnosticsSources, logger: Logger): Promise<Server> {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
-  let lastUtilization = performance.eventLoopUtilization();
-  let snapshotting = false;
+  const allowedHosts = new Set<string>();
+  const handle = adminHandler(sources, varsReader(sources, loop), allowedHosts, logger);
+  const server = createServer((req, res) => {
+    void handle(req, res).catch((err: unknown) => {
+      logger.error({ err }, 'admin listener failed');
+      if (!res.headersSent) send(res, 500, { error: 'internal' });
+      else res.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, ADMIN_HOST, () => resolve());
+  });
+  const bound = (server.address() as { port: number }).port;
+  for (const name of ['127.0.0.1', 'localhost']) allowedHosts.add(`${name}:${bound}`);
+  server.on('close', () => loop.disable());
+  logger.info({ port: bound, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
+  return server;
+}
 
-  const vars = () => {
+/** The spec's /debug/vars: memory, heap, event loop (since the last read), handles, services, audit. */
+function varsReader(sources: DiagnosticsSources, loop: IntervalHistogram): () => Record<string, unknown> {
+  let lastUtilization = performance.eventLoopUtilization();
+  return () => {
     const utilization = performance.eventLoopUtilization(lastUtilization);
     lastUtilization = performance.eventLoopUtilization();
     const body = {
@@ -48,17 +68,11 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
     loop.reset();
     return body;
   };
+}
 
-  let allowedHosts: Set<string> = new Set();
-  const server = createServer((req, res) => {
-    void handle(req, res).catch((err: unknown) => {
-      logger.error({ err }, 'admin listener failed');
-      if (!res.headersSent) send(res, 500, { error: 'internal' });
-      else res.destroy();
-    });
-  });
-
-  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+function adminHandler(sources: DiagnosticsSources, vars: () => Record<string, unknown>, allowedHosts: ReadonlySet<string>, logger: Logger) {
+  let snapshotting = false;
+  return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?', 1)[0];
     // A page in a browser on this host could rebind its own name to 127.0.0.1 (DNS rebinding)
     // and read this listener same-origin: only requests addressed to loopback by name are served.
@@ -72,36 +86,22 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
       res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' }).end(body);
       return;
     }
-    if (path === '/debug/heap-snapshot') {
-      // Writing one stops the event loop for a while and doubles the heap for a moment: one at a time.
-      if (snapshotting) return send(res, 409, { error: 'a heap snapshot is being written' });
-      snapshotting = true;
-      logger.warn('writing a heap snapshot on request of the admin listener');
-      try {
-        res.writeHead(200, {
-          'content-type': 'application/octet-stream',
-          'content-disposition': `attachment; filename="api-gateway-${process.pid}-${Date.now()}.heapsnapshot"`,
-          'cache-control': 'no-store',
-        });
-        await pipeline(getHeapSnapshot(), res);
-      } finally {
-        snapshotting = false;
-      }
-      return;
+    if (path !== '/debug/heap-snapshot') return send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics'] });
+    // Writing one stops the event loop for a while and doubles the heap for a moment: one at a time.
+    if (snapshotting) return send(res, 409, { error: 'a heap snapshot is being written' });
+    snapshotting = true;
+    logger.warn('writing a heap snapshot on request of the admin listener');
+    try {
+      res.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        'content-disposition': `attachment; filename="api-gateway-${process.pid}-${Date.now()}.heapsnapshot"`,
+        'cache-control': 'no-store',
+      });
+      await pipeline(getHeapSnapshot(), res);
+    } finally {
+      snapshotting = false;
     }
-    send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics'] });
   };
-
-  allowedHosts = new Set<string>();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(port, ADMIN_HOST, () => resolve());
-  });
-  const bound = (server.address() as { port: number }).port;
-  for (const name of ['127.0.0.1', 'localhost']) allowedHosts.add(`${name}:${bound}`);
-  server.on('close', () => loop.disable());
-  logger.info({ port: bound, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
-  return server;
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {

@@ -11,6 +11,7 @@ import type { ServiceConfig } from '../upstream/service-schema.js';
 import type { UpstreamService } from '../upstream/service.js';
 import { ANSWERED, stage, type Exchange, type RouteStage } from './exchange.js';
 import { ProxyResponse } from './proxy-response.js';
+import { hasBody } from './read-body.js';
 
 /** The routes-file slice: which service answers, and the limits of the exchange with it. */
 export const forwardSchema = {
@@ -54,15 +55,6 @@ class BodyLimit extends Transform {
     if (this.seen > this.limit) done(new BodyTooLarge(`request body exceeds ${this.limit} bytes`));
     else done(null, chunk);
   }
-}
-
-function hasBody(req: IncomingMessage): boolean {
-  const headers = req.headers;
-  const length = headers['content-length'];
-  if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return true;
-  // HTTP/2 frames a body without either field: it has one unless the headers ended the stream.
-  if (req.httpVersionMajor === 2) return length === undefined && (req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders !== true;
-  return false;
 }
 
 function hashKey(service: UpstreamService, ex: Exchange, req: IncomingMessage): string | undefined {

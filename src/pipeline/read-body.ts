@@ -45,3 +45,13 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | 
     req.on('close', onClose);
   });
 }
+
+/** Whether a request comes with a body (of any length but zero), whichever way it is framed. */
+export function hasBody(req: IncomingMessage): boolean {
+  const headers = req.headers;
+  const length = headers['content-length'];
+  if (headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) return true;
+  // HTTP/2 frames a body without either field: it has one unless the headers ended the stream.
+  if (req.httpVersionMajor === 2) return length === undefined && (req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders !== true;
+  return false;
+}

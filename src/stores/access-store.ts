@@ -41,6 +41,21 @@ export type Revocation =
   | { readonly kind: 'session'; readonly sessionId: string };
 
 /**
+ * A store shared by every replica (Redis, redis-access-store.ts). Each method is one round trip;
+ * a rejected promise means the store could not answer (failover-access-store.ts then falls back
+ * to the per-process store).
+ */
+export interface SharedAccessStore {
+  /** Revocation, session and rate limit of one request, together. */
+  check(q: AccessQuery): Promise<AccessAnswer>;
+  isRevoked(token: TokenFacts): Promise<boolean>;
+  count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision>;
+  /** Recorded for every replica, and announced to them. */
+  revoke(r: Revocation): Promise<void>;
+  cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
+}
+
+/**
  * `take` counts one if it passes; `check` answers whether one more would pass without counting;
  * `refund` gives back one counted earlier (a login attempt that turned out to succeed).
  */

@@ -1,8 +1,8 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
-import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
+import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { MemoryAccessStore } from './memory-access-store.js';
-import { parseRevocation, type RedisAccessStore } from './redis-access-store.js';
+import { parseRevocation } from './redis-access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 
 /** The shared store is down and the request's route fails closed. */
@@ -21,7 +21,7 @@ export class AccessControl {
   private failing = false;
 
   constructor(
-    private readonly shared: RedisAccessStore | null,
+    private readonly shared: SharedAccessStore | null,
     readonly local: MemoryAccessStore,
     private readonly logger: Logger,
   ) {}

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type TokenFacts } from './access-store.js';
+import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 
 /**
@@ -93,7 +93,7 @@ function decisionOf(reply: Reply, limit: number): RateLimitDecision {
  * same tick share one pipeline (ioredis auto-pipelining). All keys of one request are read by one
  * script, so a Redis Cluster deployment needs them on one shard (one primary, or hash tags).
  */
-export class RedisAccessStore {
+export class RedisAccessStore implements SharedAccessStore {
   private readonly redis: Redis & Scripted;
 
   constructor(redis: Redis) {

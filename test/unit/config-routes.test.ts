@@ -37,6 +37,7 @@ describe('parseRoutesFile: an invalid file is refused with the field that is wro
     ['an instance URL with a path', 'services:\n  backend:\n    instances: ["http://ok:1", "http://backend:8000/api"]\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances\[1\]: instances are origins/],
     ['an instance URL with credentials', 'services:\n  backend:\n    instances: ["http://user:pw@backend:8000"]\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances\[0\]: instances are origins/],
     ['an instance URL that is not http', 'services:\n  backend:\n    instances: ["ftp://backend"]\nroutes:\n  - { name: a, path: /a, service: backend }\n', /^services\.backend\.instances\[0\]: /],
+    ['accepts naming something that is not a media type', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, accepts: [application/json, json] }\n`, /^routes\[0\]\.accepts\[1\]: accepts lists media types/],
     ['a duplicate route name', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend }\n  - { name: a, path: /b, service: backend }\n`, 'routes[1].name: duplicate route name "a" (also routes[0])'],
     ['a route taking over /health', `${SERVICES}routes:\n  - { name: a, prefix: /health, service: backend }\n`, /^routes\[0\]\.prefix: would take over \/health/],
     ['a public route with roles', `${SERVICES}routes:\n  - { name: a, path: /a, service: backend, auth: public, roles: [admin] }\n`, /^routes\[0\]\.roles: a public route cannot require roles/],
