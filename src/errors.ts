@@ -15,6 +15,7 @@ export const ERRORS = {
   GW_AUTH_TOKEN_EXPIRED: { status: 401, title: 'Unauthorized' },
   GW_AUTH_TOKEN_NOT_YET_VALID: { status: 401, title: 'Unauthorized' },
   GW_AUTH_CLAIMS_INVALID: { status: 401, title: 'Unauthorized' },
+  GW_AUTH_TOKEN_TYPE: { status: 401, title: 'Unauthorized' },
   GW_AUTH_TOKEN_REVOKED: { status: 401, title: 'Unauthorized' },
   GW_AUTH_SESSION_INVALID: { status: 401, title: 'Unauthorized' },
   GW_FORBIDDEN: { status: 403, title: 'Forbidden' },

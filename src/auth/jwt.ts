@@ -20,6 +20,7 @@ export type AuthFailure =
   | 'GW_AUTH_TOKEN_EXPIRED'
   | 'GW_AUTH_TOKEN_NOT_YET_VALID'
   | 'GW_AUTH_CLAIMS_INVALID'
+  | 'GW_AUTH_TOKEN_TYPE'
   | 'GW_AUTH_UNAVAILABLE';
 
 export type VerifyResult = { ok: true; identity: Identity } | { ok: false; reason: AuthFailure; detail: string };
@@ -74,6 +75,8 @@ const NOT_BEARER: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_MALFORMED',
 const UNDECODABLE: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_MALFORMED', detail: 'the token cannot be decoded' };
 const BAD_SIGNATURE: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_INVALID', detail: 'the token signature or algorithm is not accepted' };
 const UNKNOWN_KID: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_INVALID', detail: 'the token names a key the gateway does not accept' };
+const NOT_ACCESS_TYPE: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_TYPE', detail: 'the token is not an access token (its typ header)' };
+const NOT_ACCESS_CLAIM: VerifyResult = { ok: false, reason: 'GW_AUTH_TOKEN_TYPE', detail: 'the token is not an access token (its typ claim)' };
 const KEYS_UNAVAILABLE: VerifyResult = { ok: false, reason: 'GW_AUTH_UNAVAILABLE', detail: 'the signing keys cannot be fetched right now; retry shortly' };
 
 /**
@@ -168,6 +171,9 @@ export class JwtVerifier {
     } catch {
       return { result: UNDECODABLE, keyUntilMs: 0 };
     }
+    // RFC 8725 3.11: a refresh token (or any other JWT) signed with the same key must not pass as
+    // an access token. A typ header, when present, names an access token.
+    if (header.typ !== undefined && !isAccessTokenType(header.typ)) return { result: NOT_ACCESS_TYPE, keyUntilMs: 0 };
     const alg = header.alg;
     if (alg === 'HS256') return this.verifyHmac(token, header.kid);
     if (this.jwks !== null && typeof alg === 'string' && this.jwksAlgorithms.includes(alg)) {
@@ -219,6 +225,8 @@ export class JwtVerifier {
   private identityOf(payload: JWTPayload): VerifyResult {
     const { maxLifetimeSeconds, clockSkewSeconds } = this.options;
     const exp = payload.exp!;
+    // The auth service marks its tokens with a typ claim; only `access` (or none) authenticates a request.
+    if (payload.typ !== undefined && payload.typ !== 'access') return NOT_ACCESS_CLAIM;
     const role = payload.role;
     if (!isRole(role)) {
       return { ok: false, reason: 'GW_AUTH_CLAIMS_INVALID', detail: 'the token carries no known healthcare role' };
@@ -252,6 +260,17 @@ export class JwtVerifier {
       }),
     };
   }
+}
+
+/**
+ * The typ header values of an access token: `JWT` (RFC 7519 5.1) and `at+jwt` (RFC 9068 2.1),
+ * compared as media types: any letter case, with or without the `application/` prefix.
+ */
+function isAccessTokenType(typ: unknown): boolean {
+  if (typeof typ !== 'string') return false;
+  const t = typ.toLowerCase();
+  const name = t.startsWith('application/') ? t.slice(12) : t;
+  return name === 'jwt' || name === 'at+jwt';
 }
 
 /**

@@ -32,7 +32,7 @@ function claims(overrides: Record<string, unknown> = {}, omit: readonly string[]
 }
 
 /** Signs `payload` as is (jose checks nothing about its claims). */
-function sign(payload: JWTPayload, key: Uint8Array | CryptoKey = SECRET, header: { alg?: string; kid?: string; jwk?: JWK; jku?: string } = {}): Promise<string> {
+function sign(payload: JWTPayload, key: Uint8Array | CryptoKey = SECRET, header: { alg?: string; kid?: string; jwk?: JWK; jku?: string; typ?: string } = {}): Promise<string> {
   return new SignJWT(payload).setProtectedHeader({ typ: 'JWT', ...header, alg: header.alg ?? 'HS256' }).sign(key);
 }
 
@@ -369,6 +369,26 @@ describe('JWT rejections at the gateway', () => {
       for (const role of [1, ['admin'], ['health_provider'], { name: 'admin' }, null, true]) {
         await refused(bearer(await sign(claims({ role }))), 'GW_AUTH_CLAIMS_INVALID');
       }
+    });
+  });
+
+  describe('token type: only an access token authenticates a request (RFC 8725 3.11, RFC 9068)', () => {
+    it('a refresh token, signed with the same key and carrying a role, is refused by its typ header or its typ claim', async () => {
+      for (const typ of ['refresh+jwt', 'application/refresh+jwt', 'id+jwt', 'secevent+jwt', 'JOSE']) {
+        await refused(bearer(await sign(claims(), SECRET, { typ })), 'GW_AUTH_TOKEN_TYPE');
+      }
+      for (const typ of ['refresh', 'id', 'Access', '']) await refused(bearer(await sign(claims({ typ }))), 'GW_AUTH_TOKEN_TYPE');
+    });
+
+    it('access tokens pass: typ JWT or at+jwt in any case, with or without application/, or no typ at all; typ claim access or none', async () => {
+      let n = 0;
+      for (const typ of ['JWT', 'jwt', 'at+jwt', 'AT+JWT', 'application/at+jwt', 'application/JWT']) {
+        const sub = `typ-ok-${n++}`;
+        await accepted(bearer(await sign(claims({ sub }), SECRET, { typ })), sub, 'health_provider');
+      }
+      const noTyp = await new SignJWT(claims({ sub: 'typ-none' })).setProtectedHeader({ alg: 'HS256' }).sign(SECRET);
+      await accepted(bearer(noTyp), 'typ-none', 'health_provider');
+      await accepted(bearer(await sign(claims({ sub: 'typ-claim-access', typ: 'access' }))), 'typ-claim-access', 'health_provider');
     });
   });
 
