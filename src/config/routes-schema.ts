@@ -43,6 +43,7 @@ const routeFields = z.strictObject({
   logQuery: z.array(z.string().min(1).max(128)).max(20).optional(),
   transform: transformSchema.transform,
   preserveHost: transformSchema.preserveHost,
+  passHeaders: transformSchema.passHeaders,
 });
 
 export const routeSchema = routeFields.superRefine((route, ctx) => {

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import { z } from 'zod';
 import { PASS, stage, type Exchange, type RouteStage } from './exchange.js';
 import { compileTransform, transformQuery, transformRulesSchema } from './route-transform.js';
+import { mayPass } from './spoofable-headers.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from './upstream-headers.js';
 
 /** The routes-file slice: how the request is rewritten for the upstream, and its answer for the client. */
@@ -11,6 +12,10 @@ export const transformSchema = {
   transform: transformRulesSchema.optional(),
   /** Send the client's Host instead of the instance's. */
   preserveHost: z.boolean().default(false),
+  /** Headers of the spoofable list (spoofable-headers.ts) this route's upstream needs from the client. */
+  passHeaders: z
+    .array(z.string().refine(mayPass, 'passHeaders names headers the gateway drops, such as X-Forwarded-Prefix (never X-Forwarded-For, -Proto, -Host, Forwarded, X-Request-ID or an identity header)'))
+    .optional(),
 };
 
 type TransformRoute = z.output<z.ZodObject<typeof transformSchema>> & {
@@ -65,12 +70,13 @@ export const transform: RouteStage<TransformRoute, { readonly tls: boolean }> = 
     const responseOps = rules?.responseHeaders ?? null;
     const mapErrors = rules?.mapErrors ?? false;
     const preserveHost = route.preserveHost;
+    const pass = route.passHeaders === undefined ? null : new Set(route.passHeaders.map((h) => h.toLowerCase()));
     const responseHeaders = (headers: IncomingHttpHeaders, ex: Exchange) => clientResponseHeaders(headers, ex, responseOps);
     return stage('transform', (ex, req) => {
       const path = rewrite(ex.path, ex.params);
       const query = queryOps === null ? ex.query : transformQuery(ex.query, queryOps, ex);
       ex.upstreamTarget = query === '' ? path : `${path}?${query}`;
-      const headers = upstreamRequestHeaders(ex, req.headers, tls, preserveHost, requestOps);
+      const headers = upstreamRequestHeaders(ex, req.headers, tls, preserveHost, requestOps, pass);
       ex.upstreamHeaders = ex.body === null ? headers : withLength(headers, ex.body.length);
       ex.responseHeaders = responseHeaders;
       ex.mapErrors = mapErrors;

@@ -2,6 +2,7 @@ import type { IncomingHttpHeaders } from 'node:http';
 import type { Exchange } from './exchange.js';
 import { rateLimitHeader } from './rate-limit-policy.js';
 import { applyHeaderOps, type HeaderOps } from './route-transform.js';
+import { isSpoofable } from './spoofable-headers.js';
 
 /** RFC 9110 7.6.1 connection-specific fields, plus the proxy credentials of this hop. */
 const HOP_BY_HOP: ReadonlySet<string> = new Set([
@@ -20,17 +21,6 @@ const HOP_BY_HOP: ReadonlySet<string> = new Set([
   'expect',
 ]);
 
-/** Fields the gateway writes itself; a client's copy is dropped, never merged. */
-const GATEWAY_OWNED: ReadonlySet<string> = new Set([
-  'host',
-  'forwarded',
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-forwarded-port',
-  'x-real-ip',
-  'x-request-id',
-]);
 
 /** Upstream banners that tell an attacker what runs behind the gateway. */
 const BANNERS: ReadonlySet<string> = new Set(['server', 'x-powered-by', 'x-aspnet-version', 'x-aspnetmvc-version']);
@@ -47,16 +37,20 @@ function connectionTokens(value: string | string[] | undefined): Set<string> | n
   return tokens;
 }
 
-/** Identity headers are the gateway's word about the caller: only it may write them. */
-function isIdentityHeader(name: string): boolean {
-  return name.charCodeAt(0) === 120 /* x */ && (name.startsWith('x-user-') || name.startsWith('x-phi-'));
-}
-
 /**
- * The request headers the upstream receives: the client's, less hop-by-hop fields, spoofable
- * identity and forwarding fields; plus X-Forwarded-*, the request id and the verified identity.
+ * The request headers the upstream receives: the client's, less hop-by-hop fields and every
+ * spoofable one (spoofable-headers.ts) but those the route lets pass; plus X-Forwarded-*, the
+ * request id and the verified identity.
  */
-export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeaders, tls: boolean, preserveHost: boolean, ops: HeaderOps | null): string[] {
+export function upstreamRequestHeaders(
+  ex: Exchange,
+  headers: IncomingHttpHeaders,
+  tls: boolean,
+  preserveHost: boolean,
+  ops: HeaderOps | null,
+  /** Spoofable names the route lets through from the client (`passHeaders`); null: none. */
+  pass: ReadonlySet<string> | null,
+): string[] {
   // A flat [name, value, ...] list: cheaper to build than an object keyed by whatever names the
   // client sent, and taken as is by the HTTP client.
   const out: string[] = [];
@@ -67,7 +61,8 @@ export function upstreamRequestHeaders(ex: Exchange, headers: IncomingHttpHeader
     // X-User_ID and X-Forwarded_For as HTTP_X_USER_ID and HTTP_X_FORWARDED_FOR, the very
     // variables the gateway's own headers become.
     // `:method`, `:path`... are HTTP/2's request line, not fields to pass on.
-    if (value === undefined || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name) || isIdentityHeader(name) || name.includes('_') || name.charCodeAt(0) === 58) continue;
+    if (value === undefined || name === 'host' || HOP_BY_HOP.has(name) || name.includes('_') || name.charCodeAt(0) === 58) continue;
+    if (isSpoofable(name) && (pass === null || !pass.has(name))) continue;
     if (named !== null && named.has(name)) continue;
     if (typeof value === 'string') out.push(name, value);
     else for (const v of value) out.push(name, v);
