@@ -102,6 +102,25 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket, logger: L
     socket.destroy();
     return;
   }
+  // One answer per exchange (RFC 9112 9.6): bytes that fail to parse after a request whose answer
+  // is under way or written are not a request of their own. That answer is the last on this
+  // connection; nothing is written after it.
+  const inFlight = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (inFlight != null) {
+    if (inFlight.writableEnded) {
+      socket.destroySoon();
+      return;
+    }
+    if (inFlight.req.complete) {
+      inFlight.once('close', () => socket.destroySoon());
+      return;
+    }
+    // The request's own body was malformed. Once its answer has begun, a reset is the only signal left.
+    if (inFlight.headersSent) {
+      socket.destroy();
+      return;
+    }
+  }
   const code: ErrorCode =
     err.code === 'HPE_HEADER_OVERFLOW' ? 'GW_HEADERS_TOO_LARGE' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'GW_REQUEST_TIMEOUT' : 'GW_BAD_REQUEST';
   const id = requestIdFrom(undefined);
