@@ -12,7 +12,7 @@ import type { RouteConfig, RoutesFile } from './routes-schema.js';
 export type CompiledRoute = Route & Matchable;
 
 /** A route's config with the defaults that come from the environment filled in: what its stages are built from. */
-export type ResolvedRoute = RouteConfig & { readonly maxBodyBytes: number };
+export type ResolvedRoute = RouteConfig & { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number };
 
 /** What a chain is built against besides its route: this config's permissions and services. */
 export interface CompileScope {
@@ -47,7 +47,7 @@ export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<
   const scope: CompileScope = { permissions: permissionMatrix(file.permissions), services, serviceConfigs: file.services };
 
   const routes = file.routes.map((config): CompiledRoute => {
-    const resolved: ResolvedRoute = { ...config, maxBodyBytes: config.maxBodyBytes ?? env.MAX_BODY_BYTES };
+    const resolved: ResolvedRoute = { ...config, maxBodyBytes: config.maxBodyBytes ?? env.MAX_BODY_BYTES, bodyTimeoutMs: config.bodyTimeoutMs ?? env.CLIENT_BODY_TIMEOUT_MS };
     const { template, ...match } = compileMatch(config);
     return Object.freeze({
       name: config.name,

@@ -125,6 +125,7 @@ export const envSchema = z
     MAX_HEADER_BYTES: int(1024, 1024 * 1024, 'bytes for the request line and all headers').default(16 * 1024),
     CLIENT_HEADERS_TIMEOUT_MS: int(100, 600_000, 'milliseconds a client has to send its headers').default(10_000),
     CLIENT_REQUEST_TIMEOUT_MS: int(0, 3_600_000, 'milliseconds a client has to send its whole request, 0 = none').default(300_000),
+    CLIENT_BODY_TIMEOUT_MS: int(100, 600_000, 'milliseconds a body the gateway reads may take, and an upload may pause; per-route bodyTimeoutMs overrides it').default(30_000),
     KEEP_ALIVE_TIMEOUT_MS: int(100, 600_000, 'milliseconds an idle client connection stays open').default(65_000),
     /** The admin listener (diagnostics: /debug/vars, heap snapshots), on 127.0.0.1 only; 0 = none. */
     ADMIN_PORT: int(0, 65535, 'the loopback port of the admin listener (diagnostics); 0 turns it off').default(0),

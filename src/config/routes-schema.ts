@@ -35,6 +35,7 @@ const routeFields = z.strictObject({
   timeoutMs: forwardSchema.timeoutMs,
   connectTimeoutMs: forwardSchema.connectTimeoutMs,
   maxBodyBytes: forwardSchema.maxBodyBytes,
+  bodyTimeoutMs: forwardSchema.bodyTimeoutMs,
   ...rateLimitSchema,
   ...contentTypeSchema,
   ...auditGateSchema,

@@ -159,13 +159,13 @@ class AuthFlows {
  * Stage: on login, refresh and logout routes, the body is read and validated before anything is
  * sent; the transform and forward stages then send the validated body.
  */
-export const authFlow: RouteStage<z.output<z.ZodObject<typeof authFlowSchema>> & { maxBodyBytes: number }, AuthFlowDeps> = {
+export const authFlow: RouteStage<z.output<z.ZodObject<typeof authFlowSchema>> & { maxBodyBytes: number; bodyTimeoutMs: number }, AuthFlowDeps> = {
   name: 'auth-flow',
   create(route, deps) {
     const action = route.action;
     if (action === undefined || action === 'revoke') return null;
     const flows = new AuthFlows(deps);
-    const limit = route.maxBodyBytes;
-    return stage('auth-flow', (ex, req) => readJson(req, limit, action === 'logout').then((read) => flows.run(ex, action, read)));
+    const { maxBodyBytes, bodyTimeoutMs } = route;
+    return stage('auth-flow', (ex, req) => readJson(req, maxBodyBytes, bodyTimeoutMs, action === 'logout').then((read) => flows.run(ex, action, read)));
   },
 };

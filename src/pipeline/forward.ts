@@ -5,7 +5,7 @@ import { z } from 'zod';
 import type { Tracing } from '../observability/tracing.js';
 import { ms } from '../schema-fields.js';
 import { UpstreamCall, type UpstreamBody, type UpstreamDispatch, type UpstreamSettings } from '../upstream/call.js';
-import { BodyTooLarge } from '../upstream/failures.js';
+import { BodyTimeout, BodyTooLarge } from '../upstream/failures.js';
 import { poolSettings } from '../upstream/instance.js';
 import type { ServiceConfig } from '../upstream/service-schema.js';
 import type { UpstreamService } from '../upstream/service.js';
@@ -23,6 +23,8 @@ export const forwardSchema = {
   connectTimeoutMs: ms('connectTimeoutMs').optional(),
   /** Overrides MAX_BODY_BYTES. */
   maxBodyBytes: z.number().int().min(0).max(2 ** 40).optional(),
+  /** Overrides CLIENT_BODY_TIMEOUT_MS: how long a body the gateway reads may take, and an upload may pause. */
+  bodyTimeoutMs: ms('bodyTimeoutMs').optional(),
 };
 
 /** An upstream body may go quiet at most this long (or the route's timeout, if longer). */
@@ -42,18 +44,44 @@ export interface ForwardDeps {
   readonly tracing: Tracing | null;
 }
 
-type ForwardRoute = z.output<z.ZodObject<typeof forwardSchema>> & { readonly maxBodyBytes: number };
+type ForwardRoute = z.output<z.ZodObject<typeof forwardSchema>> & { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number };
 
-/** Counts a chunked upload and stops it at the route's limit; uploads with a length are checked up front. */
-class BodyLimit extends Transform {
+function onIdle(guard: BodyGuard): void {
+  // Waiting for the upstream to take what has arrived is not the client pausing.
+  if (guard.writableNeedDrain) guard.rearm();
+  else guard.destroy(new BodyTimeout(`the request body paused for more than ${guard.idleMs} ms`));
+}
+
+/**
+ * The client's upload on its way upstream: stopped at the route's limit (a chunked one; a
+ * declared length is checked up front), and cut when it pauses longer than the body timeout.
+ */
+class BodyGuard extends Transform {
   private seen = 0;
-  constructor(private readonly limit: number) {
+  private readonly timer: NodeJS.Timeout;
+  constructor(
+    private readonly limit: number,
+    readonly idleMs: number,
+  ) {
     super();
+    this.timer = setTimeout(onIdle, idleMs, this);
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
     this.seen += chunk.length;
-    if (this.seen > this.limit) done(new BodyTooLarge(`request body exceeds ${this.limit} bytes`));
-    else done(null, chunk);
+    if (this.seen > this.limit) return done(new BodyTooLarge(`request body exceeds ${this.limit} bytes`));
+    this.timer.refresh();
+    done(null, chunk);
+  }
+  rearm(): void {
+    this.timer.refresh();
+  }
+  override _flush(done: TransformCallback): void {
+    clearTimeout(this.timer);
+    done();
+  }
+  override _destroy(err: Error | null, done: (err: Error | null) => void): void {
+    clearTimeout(this.timer);
+    done(err);
   }
 }
 
@@ -70,7 +98,7 @@ function hashKey(service: UpstreamService, ex: Exchange, req: IncomingMessage): 
  * the route's service through the upstream call (the balancer, deadline, retries, breaker and
  * outlier reporting are its layers, upstream/layers/), and streams the answer back. A declared
  * body over the route's limit is refused before any byte is read (413); a chunked one is cut
- * where it passes the limit.
+ * where it passes the limit; an upload that pauses longer than the body timeout is cut (408).
  */
 export const forward: RouteStage<ForwardRoute, ForwardDeps> = {
   name: 'forward',
@@ -83,7 +111,7 @@ export const forward: RouteStage<ForwardRoute, ForwardDeps> = {
       bodyIdleTimeoutMs: Math.max(route.timeoutMs, MIN_BODY_IDLE_MS),
       pool: poolSettings(route.connectTimeoutMs ?? config.connectTimeoutMs, config.maxConnections),
     });
-    const limit = route.maxBodyBytes;
+    const { maxBodyBytes: limit, bodyTimeoutMs } = route;
     const tooLarge = Object.freeze({ code: 'GW_BODY_TOO_LARGE' as const, detail: `request body exceeds ${limit} bytes`, headers: CLOSE });
     return stage('forward', (ex, req, res) => {
       // The gateway's own refusals come first, before any byte of a streamed body is read: a body
@@ -91,7 +119,7 @@ export const forward: RouteStage<ForwardRoute, ForwardDeps> = {
       const streamed = ex.body === null && hasBody(req);
       const length = req.headers['content-length'];
       if (streamed && length !== undefined && Number(length) > limit) return tooLarge;
-      const body: UpstreamBody = ex.body ?? (streamed ? (length === undefined ? req.pipe(new BodyLimit(limit)) : req) : null);
+      const body: UpstreamBody = ex.body ?? (streamed ? req.pipe(new BodyGuard(limit, bodyTimeoutMs)) : null);
       let headers = ex.upstreamHeaders!;
       if (ex.span !== null && tracing !== null) {
         // The upstream call's span starts here, and its context goes along.

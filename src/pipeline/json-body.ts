@@ -1,9 +1,10 @@
 import type { IncomingMessage } from 'node:http';
 import type { z } from 'zod';
 import type { Refusal } from './exchange.js';
-import { readBody, TOO_LARGE } from './read-body.js';
+import { readBody, TOO_LARGE, TOO_SLOW } from './read-body.js';
 
 const JSON_TYPE = /^application\/json\s*(;|$)/i;
+const CLOSE = Object.freeze({ connection: 'close' });
 
 /** A small JSON body read whole (`empty`: it had no bytes, which `emptyAllowed` accepts as `{}`). */
 export interface JsonBody {
@@ -15,9 +16,11 @@ export interface JsonBody {
  * The body of the few requests the gateway must read (login, refresh, logout, revoke): at most
  * `limit` bytes, sent as application/json, parsed. Anything else is a refusal that names the fix.
  */
-export async function readJson(req: IncomingMessage, limit: number, emptyAllowed: boolean): Promise<JsonBody | Refusal> {
-  const body = await readBody(req, limit);
-  if (body === TOO_LARGE) return { code: 'GW_BODY_TOO_LARGE', detail: `request body exceeds ${limit} bytes`, headers: { connection: 'close' } };
+export async function readJson(req: IncomingMessage, limit: number, timeoutMs: number, emptyAllowed: boolean): Promise<JsonBody | Refusal> {
+  const body = await readBody(req, limit, timeoutMs);
+  if (body === TOO_LARGE) return { code: 'GW_BODY_TOO_LARGE', detail: `request body exceeds ${limit} bytes`, headers: CLOSE };
+  // The rest of the body is never read: the connection goes with the answer.
+  if (body === TOO_SLOW) return { code: 'GW_REQUEST_TIMEOUT', detail: `the request body did not arrive within ${timeoutMs} ms`, headers: CLOSE };
   if (body.length === 0 && emptyAllowed) return { json: {}, empty: true };
   const type = req.headers['content-type'];
   if (type === undefined || !JSON_TYPE.test(type)) return { code: 'GW_INVALID_BODY', detail: 'send the body as Content-Type: application/json' };

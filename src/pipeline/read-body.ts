@@ -1,18 +1,24 @@
 import type { IncomingMessage } from 'node:http';
 
 export const TOO_LARGE = Symbol('too large');
+export const TOO_SLOW = Symbol('too slow');
 
 /**
  * Reads a small request body whole, for the few routes whose body the gateway must see (login,
  * refresh, logout, revoke). Stops at `limit` bytes: the declared length is checked first, a
- * chunked body as it arrives.
+ * chunked body as it arrives. The whole body must arrive within `timeoutMs`: a client that
+ * declares a body and never sends it, or sends it a byte at a time, does not hold the connection.
  */
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | typeof TOO_LARGE> {
+export function readBody(req: IncomingMessage, limit: number, timeoutMs: number): Promise<Buffer | typeof TOO_LARGE | typeof TOO_SLOW> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) return Promise.resolve(TOO_LARGE);
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const timer = setTimeout(() => {
+      cleanup();
+      resolve(TOO_SLOW);
+    }, timeoutMs);
     const onData = (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) {
@@ -31,6 +37,7 @@ export function readBody(req: IncomingMessage, limit: number): Promise<Buffer | 
     };
     const onAborted = () => onError(new Error('the client closed the connection during the body'));
     const cleanup = () => {
+      clearTimeout(timer);
       req.off('data', onData);
       req.off('end', onEnd);
       req.off('error', onError);

@@ -26,14 +26,14 @@ const REVOKE = z
  * `jti`, or every token of a user issued at or before a time, is revoked for every replica, and
  * the gateway answers 200 itself; nothing is proxied.
  */
-export const revoke: RouteStage<{ action?: string | undefined; maxBodyBytes: number }, AuthFlowDeps> = {
+export const revoke: RouteStage<{ action?: string | undefined; maxBodyBytes: number; bodyTimeoutMs: number }, AuthFlowDeps> = {
   name: 'revoke',
   create(route, { store, authFlow, logger, now = Date.now }) {
     if (route.action !== 'revoke') return null;
-    const limit = route.maxBodyBytes;
+    const { maxBodyBytes, bodyTimeoutMs } = route;
     const userTtl = userRevocationTtl(authFlow.maxTokenLifetimeSeconds, authFlow.clockSkewSeconds);
     return stage('revoke', async (ex, req, res): Promise<Verdict> => {
-      const read = await readJson(req, limit, false);
+      const read = await readJson(req, maxBodyBytes, bodyTimeoutMs, false);
       if (isRefusal(read)) return read;
       const parsed = REVOKE.safeParse(read.json);
       if (!parsed.success) return { code: 'GW_INVALID_BODY', detail: describe(parsed.error, read.json) };

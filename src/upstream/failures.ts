@@ -32,6 +32,11 @@ export class BodyTooLarge extends Error {
   readonly code = 'BODY_TOO_LARGE';
 }
 
+/** The client's upload paused longer than the route's body timeout. */
+export class BodyTimeout extends Error {
+  readonly code = 'BODY_TIMEOUT';
+}
+
 /** The route's deadline passed: the answer is 504, whatever tries are left. */
 export class ResponseTimeout extends Error {
   readonly code = 'UND_ERR_HEADERS_TIMEOUT';
@@ -71,7 +76,7 @@ const RESET_ERRORS: ReadonlySet<string> = new Set(['ECONNRESET', 'EPIPE', 'ECONN
  * instance, so a deadline that passed is the instance's slowness.
  */
 export function failureKind(err: Error, sent: boolean): FailureKind | null {
-  if (err instanceof BodyTooLarge || err instanceof ClientClosed || err instanceof UpstreamFailure) return null;
+  if (err instanceof BodyTooLarge || err instanceof BodyTimeout || err instanceof ClientClosed || err instanceof UpstreamFailure) return null;
   if (err instanceof ResponseTimeout) return sent ? 'timeout' : null;
   if (err instanceof TryTimeout) return 'timeout';
   if (err instanceof RetriedStatus) return 'status';

@@ -1,6 +1,6 @@
 import type { ErrorCode } from '../../errors.js';
 import { Decorator, type UpstreamHandler, type UpstreamLayer } from '../call.js';
-import { BodyTooLarge, UpstreamFailure } from '../failures.js';
+import { BodyTimeout, BodyTooLarge, UpstreamFailure } from '../failures.js';
 
 const CODES: Readonly<Record<string, ErrorCode>> = {
   UND_ERR_CONNECT_TIMEOUT: 'GW_UPSTREAM_CONNECT_TIMEOUT',
@@ -22,6 +22,7 @@ export function toFailure(err: Error): UpstreamFailure {
   if (err instanceof UpstreamFailure) return err;
   // The rest of an oversized upload is never read: the connection goes with the answer.
   if (err instanceof BodyTooLarge) return new UpstreamFailure('GW_BODY_TOO_LARGE', err.message, CLOSE, err.code);
+  if (err instanceof BodyTimeout) return new UpstreamFailure('GW_REQUEST_TIMEOUT', err.message, CLOSE, err.code);
   const cause = (err as NodeJS.ErrnoException).code ?? '';
   let code = CODES[cause];
   if (code === undefined) code = cause.startsWith('HPE_') || cause === 'UND_ERR_INFO' || cause === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' ? 'GW_UPSTREAM_BAD_RESPONSE' : 'GW_UPSTREAM_UNAVAILABLE';
