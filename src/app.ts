@@ -132,7 +132,7 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
   return {
     logger,
     verifier: r.verifier,
-    authFailures: new AuthFailureLimit(r.accessControl, env.RATE_LIMIT_PER_MINUTE, logger),
+    authFailures: new AuthFailureLimit(r.accessControl, env.AUTH_FAILURES_PER_ADDRESS_PER_MINUTE, logger),
     accessCheck: new AccessCheck(r.accessControl, r.sessions, logger),
     audit: r.audit,
     store: r.accessControl,

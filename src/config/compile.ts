@@ -57,7 +57,7 @@ export function compileConfig(file: RoutesFile, env: Env, services: ReadonlyMap<
       phi: config.phi,
       logQuery: config.logQuery && config.logQuery.length > 0 ? new Set(config.logQuery) : null,
       cors: compileRouteCors(corsDefaults, globalCors, config.cors),
-      rateLimit: rateLimitPolicy(config.name, config.rateLimit, env.RATE_LIMIT_PER_MINUTE),
+      rateLimit: rateLimitPolicy(config.name, config.rateLimit, config.auth === 'public' ? env.RATE_LIMIT_PER_ADDRESS_PER_MINUTE : env.RATE_LIMIT_PER_MINUTE),
       chain: Object.freeze([...chainFor(resolved, scope)]),
     });
   });

@@ -99,6 +99,8 @@ export const envSchema = z
     LOGIN_MAX_FAILURES_PER_IP: int(1, 100_000, 'failed logins per client IP per LOGIN_FAILURE_WINDOW_SECONDS').default(20),
     LOGIN_FAILURE_WINDOW_SECONDS: int(1, 86_400, 'seconds over which failed logins are counted').default(900),
     RATE_LIMIT_PER_MINUTE: int(1, 1_000_000, 'requests per minute per user').default(100),
+    RATE_LIMIT_PER_ADDRESS_PER_MINUTE: int(1, 1_000_000, 'anonymous requests per minute per client address, on public routes without their own rateLimit').default(1_000),
+    AUTH_FAILURES_PER_ADDRESS_PER_MINUTE: int(1, 1_000_000, 'failed authentications per minute per client address before its failing requests get 429').default(60),
     CORS_ALLOWED_ORIGINS: origins.default(['*']),
     /** Access-Control-Allow-Credentials (cookies, client certificates): never with `*`. */
     CORS_ALLOW_CREDENTIALS: bool.default(false),

@@ -7,11 +7,11 @@ import { RATE_WINDOW_MS } from './rate-limit-policy.js';
 const MAX_BLOCKED = 10_000;
 
 /**
- * Requests that fail authentication are anonymous traffic: each one counts against its client
- * address's budget (`rate_limit:ip:{address}`, shared across replicas). Once that budget is
- * spent, the address is refused with 429 before any signature is checked, until the budget
- * refills: a flood of forged or guessed tokens costs one map lookup per request, not a signature
- * check. Tokens already verified (the cache) are never held up.
+ * Failed authentications count against their client address (`auth_failures:ip:{address}`,
+ * AUTH_FAILURES_PER_ADDRESS_PER_MINUTE, shared across replicas). Once an address has spent that
+ * budget, its failing requests are refused with 429 instead of 401 until the budget refills:
+ * guessing goes no faster than the budget. A valid token is never refused for what other clients
+ * behind the same address (a hospital's NAT) did: it is verified, and it passes.
  */
 export class AuthFailureLimit {
   private readonly blocked = new Map<string, number>();
@@ -23,7 +23,7 @@ export class AuthFailureLimit {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** Synchronous: a verdict only for an address that ran out of budget. */
+  /** Synchronous: the 429 for a failure from an address that ran out of budget, or null. */
   check(ip: string): Refusal | null {
     if (this.blocked.size === 0) return null;
     const until = this.blocked.get(ip);
@@ -33,13 +33,13 @@ export class AuthFailureLimit {
       this.blocked.delete(ip);
       return null;
     }
-    return { code: 'GW_RATE_LIMITED', detail: 'too many failed authentications from this address', headers: { 'retry-after': String(Math.ceil(waitMs / 1000)) }, counts: 'rate-limited' };
+    return { code: 'GW_RATE_LIMITED', detail: 'too many failed authentications from this address; a valid token still passes', headers: { 'retry-after': String(Math.ceil(waitMs / 1000)) }, counts: 'rate-limited' };
   }
 
   /** Counts a failed authentication; past the budget, blocks the address locally until it refills. */
   failed(ip: string): void {
     this.store
-      .count(`rate_limit:${keys.client(ip)}`, this.perMinute, RATE_WINDOW_MS, 'take')
+      .count(`auth_failures:${keys.client(ip)}`, this.perMinute, RATE_WINDOW_MS, 'take')
       .then((d) => {
         // Spent (this failure took the last of it) or overspent: wait until one more would pass.
         const waitMs = !d.allowed ? d.retryAfterMs : d.remaining === 0 ? d.resetMs + RATE_WINDOW_MS / this.perMinute - RATE_WINDOW_MS : 0;

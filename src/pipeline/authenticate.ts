@@ -26,8 +26,8 @@ function refusal(result: VerifyResult & { ok: false }): Refusal {
 /**
  * Stage: Bearer JWT -> verified identity, on routes whose auth is `required` (absent from public
  * routes' chains). Answers at once for tokens verified before; only a new token waits for a
- * signature check. Every failure counts against its client address (auth-failure-limit.ts); an
- * address that spent that budget is refused with 429 before any signature check.
+ * signature check. Every failure counts against its client address (auth-failure-limit.ts); once
+ * an address has spent that budget its failures are 429, while valid tokens from it still pass.
  */
 export const authenticate: RouteStage<z.output<z.ZodObject<typeof authenticateSchema>>, AuthenticateDeps> = {
   name: 'authenticate',
@@ -38,7 +38,11 @@ export const authenticate: RouteStage<z.output<z.ZodObject<typeof authenticateSc
         ex.identity = result.identity;
         return PASS;
       }
-      if (result.reason !== 'GW_AUTH_UNAVAILABLE') authFailures.failed(ex.clientIp);
+      // A key source that is down says nothing about the caller: not counted, never 429.
+      if (result.reason === 'GW_AUTH_UNAVAILABLE') return refusal(result);
+      const blocked = authFailures.check(ex.clientIp);
+      if (blocked !== null) return blocked;
+      authFailures.failed(ex.clientIp);
       return refusal(result);
     };
     return stage(
@@ -50,8 +54,6 @@ export const authenticate: RouteStage<z.output<z.ZodObject<typeof authenticateSc
           ex.identity = hit.identity;
           return PASS;
         }
-        const blocked = authFailures.check(ex.clientIp);
-        if (blocked !== null) return blocked;
         return verifier.verifyUncached(authorization).then((r) => verdict(ex, r));
       },
       true,

@@ -26,7 +26,10 @@ export interface RateLimitPolicy {
   readonly policyHeader: string;
 }
 
-/** `defaultPerMinute`: RATE_LIMIT_PER_MINUTE, the budget of every route without its own. */
+/**
+ * `defaultPerMinute`: the budget of a route without its own: RATE_LIMIT_PER_MINUTE per user on
+ * authenticated routes, RATE_LIMIT_PER_ADDRESS_PER_MINUTE per client address on public ones.
+ */
 export function rateLimitPolicy(routeName: string, own: z.output<(typeof rateLimitSchema)['rateLimit']>, defaultPerMinute: number): RateLimitPolicy {
   const perMinute = own?.perMinute ?? defaultPerMinute;
   const policyName = own !== undefined ? routeName : 'default';

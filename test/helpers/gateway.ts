@@ -58,6 +58,8 @@ export async function startTestGateway(routes: unknown, env: Record<string, stri
       LOG_LEVEL: 'INFO',
       // Tests send many requests from one address; rate-limit tests set their own budget.
       RATE_LIMIT_PER_MINUTE: '1000000',
+      RATE_LIMIT_PER_ADDRESS_PER_MINUTE: '1000000',
+      AUTH_FAILURES_PER_ADDRESS_PER_MINUTE: '1000000',
       ROUTES_FILE: file,
       // Each gateway keeps its audit spool in its own folder, removed with it.
       AUDIT_SPOOL_DIR: join(dir, 'audit-spool'),

@@ -40,7 +40,7 @@ describe('Prometheus alert rules and the Grafana dashboard', { skip }, () => {
   before(async () => {
     upstream = await startUpstream();
     gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/open', auth: 'public' }, { name: 'closed', prefix: '/closed' }]), {
-      RATE_LIMIT_PER_MINUTE: '2',
+      RATE_LIMIT_PER_ADDRESS_PER_MINUTE: '2',
     });
     for (let i = 0; i < 4; i++) await (await fetch(`${gw.url}/open/x`)).arrayBuffer();
     await (await fetch(`${gw.url}/closed/x`, { headers: { authorization: 'Bearer nope' } })).arrayBuffer();

@@ -15,7 +15,7 @@ const WINDOW_MS = 60_000;
 /** Far above any answer these tests expect, so a hang fails the request instead of the whole run. */
 const HANG_MS = 5_000;
 /** Every /health call reaches Redis, so "the gateway sees Redis" can be polled for. */
-const ENV = { RATE_LIMIT_PER_MINUTE: String(LIMIT), HEALTH_CACHE_MS: '0' };
+const ENV = { RATE_LIMIT_PER_MINUTE: String(LIMIT), RATE_LIMIT_PER_ADDRESS_PER_MINUTE: String(LIMIT), HEALTH_CACHE_MS: '0' };
 
 interface Timed extends Answer {
   ms: number;

@@ -16,7 +16,7 @@ describe('upstream response headers at the client', () => {
       res.setHeader('x-custom', 'kept');
       res.end('ok');
     });
-    gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/open', auth: 'public' }]), { RATE_LIMIT_PER_MINUTE: '100' });
+    gw = await startTestGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/open', auth: 'public' }]), { RATE_LIMIT_PER_ADDRESS_PER_MINUTE: '100' });
   });
   after(async () => {
     await gw.close();

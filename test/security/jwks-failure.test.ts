@@ -66,7 +66,7 @@ describe('JWKS dependency failures', () => {
     let gw: TestGateway;
     before(async () => {
       // A small budget: failed authentications count against the address, dependency failures must not.
-      gw = await gateway({ JWT_JWKS_URL: `http://127.0.0.1:${await freePort()}${JWKS_PATH}`, RATE_LIMIT_PER_MINUTE: '3' });
+      gw = await gateway({ JWT_JWKS_URL: `http://127.0.0.1:${await freePort()}${JWKS_PATH}`, AUTH_FAILURES_PER_ADDRESS_PER_MINUTE: '3' });
     });
 
     it('an RS256 token gets 503 GW_AUTH_UNAVAILABLE, not 401, and the upstream sees nothing', async () => {

@@ -25,6 +25,11 @@ describe('parseEnv: the spec\'s defaults', () => {
   it('AUTH_SERVICE_URL http://auth-rbac:8080', () => assert.equal(env.AUTH_SERVICE_URL, 'http://auth-rbac:8080'));
   it('JWT_EXPIRES_IN 7200', () => assert.equal(env.JWT_EXPIRES_IN, 7200));
   it('RATE_LIMIT_PER_MINUTE 100', () => assert.equal(env.RATE_LIMIT_PER_MINUTE, 100));
+  it('anonymous traffic and failed authentications have budgets of their own per client address', () => {
+    assert.equal(env.RATE_LIMIT_PER_ADDRESS_PER_MINUTE, 1000);
+    assert.equal(env.AUTH_FAILURES_PER_ADDRESS_PER_MINUTE, 60);
+  });
+  it('CLIENT_BODY_TIMEOUT_MS 30000', () => assert.equal(env.CLIENT_BODY_TIMEOUT_MS, 30_000));
   it('CORS_ALLOWED_ORIGINS *', () => assert.deepEqual(env.CORS_ALLOWED_ORIGINS, ['*']));
   it('LOG_LEVEL INFO, as pino names it', () => assert.equal(env.LOG_LEVEL, 'info'));
   it('ENABLE_METRICS true', () => assert.equal(env.ENABLE_METRICS, true));
