@@ -136,7 +136,7 @@ function openHealth(
 function openStores(url: string | undefined, timeoutMs: number, logger: Logger): { redis: Redis | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const redis = url ? createRedisClient(url, timeoutMs, logger) : null;
   const local = new MemoryAccessStore();
-  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis) : null, local, logger);
+  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis) : null, local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = url ? createRedisClient(url, timeoutMs, logger) : null;
   if (subscriber !== null) accessControl.listen(subscriber);

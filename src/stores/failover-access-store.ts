@@ -8,10 +8,37 @@ import type { RateLimitDecision } from './rate-limit-store.js';
 /** The shared store is down and the request's route fails closed. */
 export const UNAVAILABLE = null;
 
+/** The shared store did not answer within REDIS_COMMAND_TIMEOUT_MS. */
+class StoreTimeout extends Error {}
+
 /**
- * The shared store (Redis) with a per-process fallback. While Redis fails, each process limits
- * on its own (N replicas admit up to N x L) and checks revocations against its mirror: every
- * revocation it made or heard announced before the outage. A request that cannot accept that
+ * `work`, or a StoreTimeout once `ms` have passed since the call: however long the client keeps a
+ * command queued (behind an auto-pipelined batch waiting out its own timeout, say), the request
+ * waits no longer than this.
+ */
+function within<T>(work: Promise<T>, ms: number): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(reject, ms, new StoreTimeout(`no answer within ${ms} ms`));
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (err: unknown) => {
+        clearTimeout(timer);
+        reject(err);
+      },
+    );
+  });
+}
+
+/**
+ * The shared store (Redis) with a per-process fallback. Every call waits at most the command
+ * timeout, measured from the call. While Redis fails, each process limits on its own, carrying on
+ * from the count Redis last gave it for the key (a key it never had an answer for starts a full
+ * budget): N processes admit at most N x what was left of a budget, never N fresh budgets of L
+ * for a user they have served. Revocations are checked against the mirror: every revocation this
+ * process made or heard announced before the outage. A request that cannot accept that
  * gets `UNAVAILABLE` instead: a PHI route with a token (the spec fails closed where PHI is at
  * stake) and a route whose rate limit fails closed. Redis is tried on every request, so the
  * gateway goes back to it by itself as soon as it answers; its client never queues commands
@@ -24,6 +51,8 @@ export class AccessControl {
     private readonly shared: SharedAccessStore | null,
     readonly local: MemoryAccessStore,
     private readonly logger: Logger,
+    /** REDIS_COMMAND_TIMEOUT_MS: the longest any call to the shared store may hold a request. */
+    private readonly timeoutMs = 100,
   ) {}
 
   /** Hears the other replicas' revocations, for the mirror used during an outage. */
@@ -53,7 +82,7 @@ export class AccessControl {
   async probe(): Promise<void> {
     if (this.shared === null || !this.failing) return;
     try {
-      await this.shared.count('rate_limit:gateway:probe', 1_000_000, 60_000, 'check');
+      await within(this.shared.count('rate_limit:gateway:probe', 1_000_000, 60_000, 'check'), this.timeoutMs);
       this.recovered();
     } catch {
       // still failing; the next request or probe tries again
@@ -63,9 +92,11 @@ export class AccessControl {
   /** At once without Redis (one process, the demo); one Redis round trip otherwise. */
   check(q: AccessQuery, failClosed: boolean): AccessAnswer | Promise<AccessAnswer | typeof UNAVAILABLE> {
     if (this.shared === null) return this.local.checkNow(q);
-    return this.shared.check(q).then(
+    return within(this.shared.check(q), this.timeoutMs).then(
       (answer) => {
         if (this.failing) this.recovered();
+        // A fallback later carries on from this count, not from a fresh budget.
+        if (!answer.revoked) this.local.limits.mirror(q.rateKey, answer.decision.resetMs);
         // The mirror as well: a Redis that restarted without its data forgets revocations that
         // this replica made or heard of; a map lookup keeps them refused.
         return q.token !== null && !answer.revoked && this.local.isRevokedNow(q.token) ? REVOKED : answer;
@@ -84,7 +115,7 @@ export class AccessControl {
   async isRevoked(token: TokenFacts): Promise<boolean> {
     if (this.shared === null) return this.local.isRevokedNow(token);
     try {
-      return await this.shared.isRevoked(token);
+      return await within(this.shared.isRevoked(token), this.timeoutMs);
     } catch (err) {
       this.failed(err);
       return this.local.isRevokedNow(token);
@@ -95,7 +126,9 @@ export class AccessControl {
   async count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
     if (this.shared === null) return this.local.countNow(key, limit, windowMs, mode);
     try {
-      return await this.shared.count(key, limit, windowMs, mode);
+      const decision = await within(this.shared.count(key, limit, windowMs, mode), this.timeoutMs);
+      if (mode === 'take') this.local.limits.mirror(key, decision.resetMs);
+      return decision;
     } catch (err) {
       this.failed(err);
       return this.local.countNow(key, limit, windowMs, mode);
@@ -110,7 +143,7 @@ export class AccessControl {
   async revoke(r: Revocation): Promise<void> {
     if (this.shared !== null) {
       try {
-        await this.shared.revoke(r);
+        await within(this.shared.revoke(r), this.timeoutMs);
       } catch (err) {
         this.failed(err);
         throw err;

@@ -35,6 +35,17 @@ export class MemoryRateLimitStore implements RateLimitStore {
     return decision;
   }
 
+  /**
+   * Takes over the state the shared store just reported for a key (its TAT is `resetMs` from now),
+   * so that a fallback to this store carries on from the shared count instead of a fresh budget.
+   */
+  mirror(key: string, resetMs: number): void {
+    this.tats.delete(key);
+    if (resetMs <= 0) return;
+    this.tats.set(key, this.now() + resetMs);
+    if (this.tats.size > this.maxKeys) this.tats.delete(this.tats.keys().next().value!);
+  }
+
   /** Gives back one request counted earlier: the TAT moves back one interval, never before now. */
   refund(key: string, limit: number, windowMs: number): void {
     const tat = this.tats.get(key);

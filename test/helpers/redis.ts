@@ -8,6 +8,9 @@ export interface TestRedis {
   port: number;
   /** Stops the server (an outage); `start()` brings it back on the same port. */
   stop(): Promise<void>;
+  /** Freezes the server (SIGSTOP): connections stay open, nothing is answered; `thaw()` resumes it. */
+  freeze(): void;
+  thaw(): void;
   start(): Promise<void>;
 }
 
@@ -36,6 +39,12 @@ export async function startRedis(): Promise<TestRedis> {
     url: `redis://127.0.0.1:${port}`,
     port,
     start,
+    freeze() {
+      child?.kill('SIGSTOP');
+    },
+    thaw() {
+      child?.kill('SIGCONT');
+    },
     async stop() {
       const proc = child;
       if (!proc || proc.exitCode !== null) return;
