@@ -54,6 +54,7 @@ export class HealthChecker {
       client = new Client(inst.origin, { connect: { timeout: timeoutMs, ...(this.ca === undefined ? undefined : { ca: this.ca }) }, pipelining: 1, keepAliveTimeout: 60_000 });
       this.clients.set(inst, client);
     }
+    const startedAt = performance.now();
     let passed = false;
     let detail: string;
     try {
@@ -72,6 +73,6 @@ export class HealthChecker {
       const e = err as NodeJS.ErrnoException;
       detail = e.name === 'TimeoutError' ? `no answer within ${timeoutMs} ms` : (e.code ?? e.message);
     }
-    if (!this.stopped) this.service.checked(inst, passed, performance.now(), detail);
+    if (!this.stopped) this.service.checked(inst, passed, performance.now(), detail, startedAt);
   }
 }

@@ -35,8 +35,8 @@ export class Instance {
   consecutiveFailures = 0;
   /** Active checks in a row that agreed with each other, towards a healthy/unhealthy threshold. */
   checkStreak = 0;
-  /** An active check failed since the last ejection: a later pass ends the ejection. */
-  failedCheckSinceEjection = false;
+  /** performance.now() of the last ejection: an active check that starts after it and passes ends it. */
+  ejectedAt = 0;
   // Counters, read by /metrics and /health.
   requests = 0;
   readonly failures: Record<FailureKind, number> = { connect: 0, reset: 0, timeout: 0, status: 0 };

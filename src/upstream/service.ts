@@ -138,17 +138,20 @@ export class UpstreamService {
     const ms = Math.min(policy.baseEjectionMs * inst.ejections, policy.maxEjectionMs);
     inst.ejectedUntil = now + ms;
     inst.consecutiveFailures = 0;
-    inst.failedCheckSinceEjection = false;
+    inst.ejectedAt = now;
     this.logger.warn({ service: this.name, instance: inst.origin, failures: policy.consecutiveFailures, last_failure: kind, ejected_ms: ms }, 'upstream instance ejected');
   }
 
-  /** The result of one active health check of `inst`. */
-  checked(inst: Instance, passed: boolean, now: number, detail: string): void {
+  /**
+   * The result of one active health check of `inst`, which started at `startedAt`. A check that
+   * began after an ejection and passes ends it (as Envoy's successful_active_health_check_uneject_host):
+   * an instance restarted within one interval is back at the next check, not after the whole
+   * ejection. One that keeps failing real traffic is ejected again, for longer each time.
+   */
+  checked(inst: Instance, passed: boolean, now: number, detail: string, startedAt = now): void {
     const policy = this.healthCheck;
     if (policy === null) return;
-    if (!passed) inst.failedCheckSinceEjection = true;
-    else if (inst.ejectedUntil > now && inst.failedCheckSinceEjection) {
-      // It failed its checks while ejected and passes now: it was down and is back.
+    if (passed && inst.ejectedUntil > now && startedAt >= inst.ejectedAt) {
       inst.ejectedUntil = 0;
       inst.consecutiveFailures = 0;
       this.logger.info({ service: this.name, instance: inst.origin }, 'upstream instance passes its health check again; ejection ended');

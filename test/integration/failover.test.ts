@@ -510,6 +510,41 @@ describe('passive outlier ejection', () => {
     });
   });
 
+  describe('an instance that comes back quickly', () => {
+    let flaky: TestUpstream;
+    let good: TestUpstream;
+    let gw: TestGateway;
+
+    before(async () => {
+      flaky = await startUpstream();
+      good = await startUpstream();
+      gw = await gateway(lbRoutes({ instances: [good.url, flaky.url], healthCheck: FAST_CHECKS, outlierDetection: { consecutiveFailures: 2, baseEjectionMs: 30_000, maxEjectedPercent: 50 } }));
+    });
+    after(async () => {
+      await gw.close();
+      await good.close();
+      await flaky.close();
+    });
+
+    it('restarted within one health interval, it is back in rotation at the next passing check, not after the 30 s ejection', { timeout: 20_000 }, async () => {
+      const port = flaky.port;
+      await flaky.close();
+      // Its failures on real traffic eject it (round robin: it gets every other request).
+      await until('the ejection', 5_000, async () => {
+        await get(gw, newId('down'));
+        return gw.logs.some((l) => l.message === 'upstream instance ejected' && l.instance === flaky.url) ? true : undefined;
+      });
+      flaky = await startUpstream(undefined, port);
+      // Within a few health intervals of answering again it gets requests: far inside the 30 s ejection.
+      await until('traffic at the restarted instance', 10_000, async () => {
+        const res = await get(gw, newId('back'));
+        assert.equal(res.statusCode, 200, res.text);
+        return flaky.received.length > 0 ? true : undefined;
+      });
+      assert.ok(gw.logs.some((l) => l.message === 'upstream instance passes its health check again; ejection ended' && l.instance === flaky.url));
+    });
+  });
+
   describe('panic threshold', () => {
     const bad: TestUpstream[] = [];
     let good: TestUpstream;

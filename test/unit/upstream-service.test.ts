@@ -450,29 +450,31 @@ describe('UpstreamService: active health check verdicts', () => {
     assert.equal(capture.messages('INFO', 'upstream instance healthy').length, 1);
   });
 
-  it('ends a passive ejection when a check passes after a failed one, but not on passes alone', () => {
+  it('ends a passive ejection at the first check that starts after it and passes, even with no failed check between', () => {
     const capture = new LogCapture();
     const svc = makeService({ instances: origins(4), healthCheck: checks, outlierDetection: { consecutiveFailures: 1, baseEjectionMs: 60_000 } }, capture);
     const inst = svc.instances[0]!;
     svc.failed(inst, 'status', 0);
     assert.equal(inst.ejectedUntil, 60_000);
-    // It answers its health path but failed real traffic: the ejection stands.
-    svc.checked(inst, true, 100, 'answered 200');
-    svc.checked(inst, true, 200, 'answered 200');
-    assert.equal(inst.unavailable(300), true);
-    // It was down (a failed check) and is back (a pass): the ejection ends.
-    svc.checked(inst, false, 300, 'ECONNREFUSED');
-    assert.equal(inst.unavailable(300), true);
-    svc.checked(inst, true, 400, 'answered 200');
+    // A failed check keeps it out.
+    svc.checked(inst, false, 100, 'ECONNREFUSED', 50);
+    assert.equal(inst.unavailable(100), true);
+    // Restarted within one interval, it answers: back in rotation at that check, not after 60 s.
+    svc.checked(inst, true, 300, 'answered 200', 250);
     assert.equal(inst.ejectedUntil, 0);
-    assert.equal(inst.unavailable(400), false);
+    assert.equal(inst.unavailable(300), false);
     assert.equal(inst.healthy, true);
     assert.equal(capture.messages('INFO', 'upstream instance passes its health check again; ejection ended').length, 1);
-    // A new ejection needs a new failed check before a pass ends it.
+    // A check that was already under way when the instance was ejected says nothing about it after.
     svc.failed(inst, 'status', 500);
     assert.ok(inst.ejectedUntil > 500);
-    svc.checked(inst, true, 600, 'answered 200');
+    svc.checked(inst, true, 600, 'answered 200', 450);
     assert.equal(inst.unavailable(600), true);
+    svc.checked(inst, true, 800, 'answered 200', 700);
+    assert.equal(inst.unavailable(800), false);
+    // Ejected again, for longer: the back-off grows with each ejection.
+    svc.failed(inst, 'status', 900);
+    assert.equal(inst.ejectedUntil, 900 + 3 * 60_000, 'the third ejection lasts three times the base');
   });
 
   it('ignores verdicts when health checks are off, and puts instances back in rotation', () => {
