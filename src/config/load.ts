@@ -54,8 +54,16 @@ const VARIABLE = /\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}/g;
  */
 const SECRET_VARIABLE = /SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|(^|_)KEY($|_)|^JWT_|^REDIS_URL$|^OTEL_.*HEADERS$/;
 
-function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[], problems: string[]): unknown {
+/** A value that is one `${NAME}` and nothing else: it may stand for a number or a boolean. */
+const WHOLE_VARIABLE = /^\$\{[A-Z_][A-Z0-9_]*(?::-[^}]*)?\}$/;
+
+/**
+ * `whole` collects the paths of values that were one variable and nothing else: where the schema
+ * then wants a number or a boolean, the text is read as one (typedSubstitutions below).
+ */
+function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[], problems: string[], whole: Array<readonly PropertyKey[]> = []): unknown {
   if (typeof value === 'string') {
+    if (WHOLE_VARIABLE.test(value)) whole.push(path);
     return value.replace(VARIABLE, (_, name: string, fallback: string | undefined) => {
       if (SECRET_VARIABLE.test(name)) {
         problems.push(`${formatPath(path)}: may not use \${${name}}: secrets and credentials never go into the routes file`);
@@ -73,13 +81,39 @@ function substitute(value: unknown, env: NodeJS.ProcessEnv, path: PropertyKey[],
       return '';
     });
   }
-  if (Array.isArray(value)) return value.map((v, i) => substitute(v, env, [...path, i], problems));
+  if (Array.isArray(value)) return value.map((v, i) => substitute(v, env, [...path, i], problems, whole));
   if (value && typeof value === 'object') {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, env, [...path, k], problems);
+    for (const [k, v] of Object.entries(value)) out[k] = substitute(v, env, [...path, k], problems, whole);
     return out;
   }
   return value;
+}
+
+const samePath = (a: readonly PropertyKey[], b: readonly PropertyKey[]) => a.length === b.length && a.every((p, i) => p === b[i]);
+
+/**
+ * `${VAR}` always yields text; where the schema wants a number or a boolean (`timeoutMs:
+ * ${ROUTE_TIMEOUT_MS:-5000}`, `phi: ${RECORDS_PHI:-true}`), a value that was one variable is read
+ * as one. Returns whether anything changed; text that is neither stays, and its error names the field.
+ */
+function typedSubstitutions(raw: unknown, issues: readonly z.core.$ZodIssue[], whole: ReadonlyArray<readonly PropertyKey[]>): boolean {
+  let changed = false;
+  for (const issue of issues) {
+    if (issue.code !== 'invalid_type' && issue.code !== 'invalid_union') continue;
+    if (!whole.some((p) => samePath(p, issue.path))) continue;
+    let parent = raw as Record<PropertyKey, unknown>;
+    for (const key of issue.path.slice(0, -1)) parent = parent[key] as Record<PropertyKey, unknown>;
+    const key = issue.path.at(-1)!;
+    const text = parent[key];
+    if (typeof text !== 'string') continue;
+    const t = text.trim();
+    const typed = t === 'true' ? true : t === 'false' ? false : t !== '' && Number.isFinite(Number(t)) ? Number(t) : undefined;
+    if (typed === undefined) continue;
+    parent[key] = typed;
+    changed = true;
+  }
+  return changed;
 }
 
 export function parseRoutesFile(text: string, env: NodeJS.ProcessEnv): RoutesFile {
@@ -89,10 +123,12 @@ export function parseRoutesFile(text: string, env: NodeJS.ProcessEnv): RoutesFil
     throw new ConfigError(doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]!.replace(/:$/, '')}`));
   }
   const problems: string[] = [];
-  const raw = substitute(doc.toJS(), env, [], problems);
+  const whole: Array<readonly PropertyKey[]> = [];
+  const raw = substitute(doc.toJS(), env, [], problems, whole);
   if (problems.length > 0) throw new ConfigError(problems);
   // With the input on each issue, a present value of the wrong type is not reported as missing.
-  const result = routesFileSchema.safeParse(raw, { reportInput: true });
+  let result = routesFileSchema.safeParse(raw, { reportInput: true });
+  if (!result.success && typedSubstitutions(raw, result.error.issues, whole)) result = routesFileSchema.safeParse(raw, { reportInput: true });
   if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
   return result.data;
 }

@@ -219,6 +219,26 @@ describe('parseRoutesFile: ${VAR} substitution', () => {
     assert.match(problems[0]!, /^services\.backend\.instances\[0\]: instances are origins/);
   });
 
+  it('a field that wants a number or a boolean takes a variable as one', () => {
+    const typed =
+      'services:\n  backend:\n    instances: ["http://backend:8000"]\n    maxConnections: ${POOL:-64}\n    healthCheck: ${CHECKS:-false}\n' +
+      'routes:\n  - name: a\n    path: /a\n    service: backend\n    timeoutMs: ${ROUTE_TIMEOUT_MS:-5000}\n    phi: ${RECORDS_PHI}\n    rateLimit: { perMinute: "${A_LIMIT:-30}" }\n    headers: { x-api-version: "${API_VERSION:-2}" }\n';
+    const parsed = parseRoutesFile(typed, { RECORDS_PHI: 'true', POOL: '128' });
+    const route = parsed.routes[0]!;
+    assert.equal(route.timeoutMs, 5000);
+    assert.equal(route.phi, true);
+    assert.equal(route.rateLimit?.perMinute, 30);
+    assert.equal(parsed.services.backend!.maxConnections, 128);
+    assert.equal(parsed.services.backend!.healthCheck, false);
+    assert.deepEqual(route.headers, { 'x-api-version': '2' }, 'a field that wants text keeps it');
+  });
+
+  it('a variable that is not the number the field wants is refused naming the field', () => {
+    const problems = problemsOf(`${SERVICES}routes:\n  - { name: a, path: /a, service: backend, timeoutMs: "\${ROUTE_TIMEOUT_MS}" }\n`, { ROUTE_TIMEOUT_MS: 'soon' });
+    assert.equal(problems.length, 1);
+    assert.match(problems[0]!, /^routes\[0\]\.timeoutMs: /);
+  });
+
   it('the shipped config/routes.yaml parses with its defaults', async () => {
     const parsed = parseRoutesFile(await readFile('config/routes.yaml', 'utf8'), {});
     assert.deepEqual(parsed.services['chat-history']!.instances, ['http://chat-history:8002']);
