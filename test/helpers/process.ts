@@ -93,7 +93,7 @@ export async function startGatewayProcess(routes: unknown, env: ProcessEnv = {})
  * Starts the gateway as its own process and resolves once GET /health/live answers 200.
  * Rejects (and kills the process) if it exits first or does not come up within `readyTimeoutMs`.
  */
-export async function spawnGateway(routes: unknown, env: ProcessEnv = {}, readyTimeoutMs = 15_000): Promise<GatewayProcess> {
+export async function spawnGateway(routes: unknown, env: ProcessEnv = {}, readyTimeoutMs = 45_000): Promise<GatewayProcess> {
   const gw = await startGatewayProcess(routes, env);
   try {
     await waitUntilLive(gw, readyTimeoutMs);

@@ -179,13 +179,13 @@ describe('failover: an instance dies under load and comes back', () => {
     const restarted = await startUpstream(undefined, port);
     upstreams[1] = restarted;
     const restartedAt = performance.now();
-    await until('the restarted instance receiving traffic again', 5_000, async () => {
+    await until('the restarted instance receiving traffic again', 8_000, async () => {
       const res = await get(gw, newId('back'));
       assert.equal(res.statusCode, 200, res.text);
       return restarted.received.length > 0 ? true : undefined;
     });
     const backAfter = performance.now() - restartedAt;
-    assert.ok(backAfter < 2_000, `traffic reached the restarted instance ${backAfter.toFixed(0)} ms after it came back (health interval ${HEALTH_INTERVAL_MS} ms)`);
+    assert.ok(backAfter < 4_000, `traffic reached the restarted instance ${backAfter.toFixed(0)} ms after it came back (health interval ${HEALTH_INTERVAL_MS} ms)`);
     const { statusCode, body } = await health(gw);
     assert.equal(statusCode, 200);
     assert.deepEqual(body.services.backend, { status: 'healthy', healthy: 3, total: 3 });

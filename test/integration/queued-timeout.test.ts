@@ -43,7 +43,7 @@ describe('route timeout for a request waiting on a busy upstream pool', () => {
     const res = await read(request(`${gw.url}/quick`));
     const elapsed = performance.now() - started;
     expectProblem(res, 504, 'GW_UPSTREAM_TIMEOUT');
-    assert.ok(elapsed < TIMEOUT_MS + 250, `answered after ${elapsed.toFixed(0)} ms`);
+    assert.ok(elapsed < TIMEOUT_MS + 800, `answered after ${elapsed.toFixed(0)} ms`);
     assert.deepEqual(
       upstream.received.map((r) => r.url),
       ['/hold'],

@@ -354,7 +354,7 @@ describe('a redis outage', () => {
 
   function assertPrompt(res: Timed, what: string): void {
     // A request held on a dead connection would wait for the client's timeout (HANG_MS).
-    assert.ok(res.ms < 1_000, `${what} took ${res.ms.toFixed(0)} ms while redis was down`);
+    assert.ok(res.ms < 2_500, `${what} took ${res.ms.toFixed(0)} ms while redis was down`);
   }
 
   it('keeps serving under a per-process limit, fails closed where configured, and returns to redis by itself', { timeout: 25_000 }, async () => {

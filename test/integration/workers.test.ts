@@ -152,7 +152,7 @@ function routes(upstreamUrl: string, extra: Array<Record<string, unknown>> = [])
   };
 }
 
-describe('WORKERS=2: two gateway workers on one port, sharing one redis', { timeout: 25_000 }, () => {
+describe('WORKERS=2: two gateway workers on one port, sharing one redis', { timeout: 90_000 }, () => {
   let redis: TestRedis;
   let keys: Redis;
   let upstream: TestUpstream;
@@ -183,12 +183,12 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
 
   /** Every worker subscribed to the revocation channel, and /health on consecutive fresh connections sees Redis. */
   const untilEveryWorkerSeesRedis = async (workers: number) => {
-    await until(`${workers} workers subscribed to ${REVOCATION_CHANNEL}`, 10_000, async () => {
+    await until(`${workers} workers subscribed to ${REVOCATION_CHANNEL}`, 30_000, async () => {
       const reply = (await keys.pubsub('NUMSUB', REVOCATION_CHANNEL)) as [string, number];
       return Number(reply[1]) === workers ? true : undefined;
     }, 50);
     let healthy = 0;
-    await until('/health reporting the database healthy on 6 consecutive fresh connections', 10_000, async () => {
+    await until('/health reporting the database healthy on 6 consecutive fresh connections', 30_000, async () => {
       const res = await fresh(gw, '/health');
       const database = (JSON.parse(res.text) as { dependencies?: { database?: string } }).dependencies?.database;
       healthy = database === 'healthy' ? healthy + 1 : 0;
@@ -226,7 +226,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
       SHUTDOWN_TIMEOUT_MS: '5000',
     });
     gwPid = gw.pid;
-    await untilWorkers(2, 10_000).catch((err: Error) => {
+    await untilWorkers(2, 30_000).catch((err: Error) => {
       throw new Error(`${err.message}; last seen: [${lastSeen.join(' ')}]; stderr:\n${gw.stderr()}`);
     });
     await untilEveryWorkerSeesRedis(2);
@@ -271,16 +271,19 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
       remaining.push(m ? Number(m[1]) : -1);
     }
     const elapsed = performance.now() - started;
-    // GCRA gives back one request per 60 s / LIMIT: the exact count holds for a run shorter than that.
-    assert.ok(elapsed < 60_000 / LIMIT, `the ${3 * LIMIT} requests took ${elapsed.toFixed(0)} ms, longer than one emission interval; the count cannot be exact`);
-    const expected = [...Array<number>(LIMIT).fill(200), ...Array<number>(2 * LIMIT).fill(429)];
-    assert.deepEqual(statuses, expected, 'the first L pass, every later one is refused');
+    // GCRA gives back one request per 60 s / LIMIT: a run longer than that (a busy machine) may
+    // see that many more pass, and no more; on a quiet machine the count is exact.
+    const refilled = Math.floor(elapsed / (60_000 / LIMIT));
+    const passed = statuses.filter((s) => s === 200).length;
+    assert.deepEqual(statuses.slice(0, LIMIT), Array<number>(LIMIT).fill(200), 'the first L pass');
+    assert.ok(passed <= LIMIT + refilled, `${passed} passed in ${elapsed.toFixed(0)} ms: at most ${LIMIT} + ${refilled} refilled`);
+    if (refilled === 0) assert.deepEqual(statuses.slice(LIMIT), Array<number>(2 * LIMIT).fill(429), 'every later one is refused');
     assert.deepEqual(
       remaining.slice(0, LIMIT),
       Array.from({ length: LIMIT }, (_, i) => LIMIT - 1 - i),
       'one budget counted down by both workers',
     );
-    assert.equal(upstream.received.length - reached, LIMIT, 'the upstream received exactly the admitted requests');
+    assert.equal(upstream.received.length - reached, passed, 'the upstream received exactly the admitted requests');
     assert.equal(workersOf(passedPaths).size, 2, `the admitted requests were forwarded by both workers: ${[...workersOf(passedPaths)].join(', ')}`);
   });
 
@@ -336,7 +339,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
     for (let i = 0; i < 4; i++) assert.equal((await fresh(gw, `/api/records/${randomUUID()}`, { token: bystander })).statusCode, 200);
   });
 
-  it('SIGHUP to the primary reloads the routes file in both workers (ROUTES_WATCH=false)', { timeout: 10_000 }, async () => {
+  it('SIGHUP to the primary reloads the routes file in both workers (ROUTES_WATCH=false)', { timeout: 30_000 }, async () => {
     const token = await signToken({ sub: freshUserId('reload') });
     await writeFile(routesFile, stringify(routes(upstream.url, [{ name: 'added', prefix: '/api/added' }])));
     // Not watched: until SIGHUP, neither worker knows the route.
@@ -345,7 +348,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
     assert.ok(gw.child.kill('SIGHUP'));
     const paths: string[] = [];
     let consecutive = 0;
-    await until('10 consecutive fresh-connection 200s from the added route', 5_000, async () => {
+    await until('10 consecutive fresh-connection 200s from the added route', 15_000, async () => {
       const path = `/api/added/${randomUUID()}`;
       const res = await fresh(gw, path, { token });
       if (res.statusCode === 200) {
@@ -363,7 +366,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
   /** What became of the connections opened in the instant after a worker was killed (failures of the sequential ones included). */
   const atTheKill: string[] = [];
 
-  it('a worker killed with SIGKILL: requests keep being served, and the primary starts another worker', { timeout: 15_000 }, async (t) => {
+  it('a worker killed with SIGKILL: requests keep being served, and the primary starts another worker', { timeout: 45_000 }, async (t) => {
     const token = await signToken({ sub: freshUserId('survivor') });
     const before = await childrenOf(gw.pid);
     assert.equal(before.length, 2);
@@ -388,7 +391,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
     const failures: string[] = [];
     let consecutive = 0;
     while (consecutive < 10) {
-      assert.ok(performance.now() - started < 5_000, `no 10 consecutive successes within 5 s of the kill; failures: ${failures.join(' | ')}`);
+      assert.ok(performance.now() - started < 15_000, `no 10 consecutive successes within 15 s of the kill; failures: ${failures.join(' | ')}`);
       const outcome = await attempt(1_500);
       if (outcome === 'answered 200') consecutive++;
       else {
@@ -405,13 +408,13 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
     const burstFailures = burstOutcomes.filter((o) => o !== 'answered 200');
     assert.ok(burstFailures.length <= 1, `at most one connection, the one handed to the dying worker, may be lost: ${burstOutcomes.join(' | ')}`);
 
-    const after = await untilWorkers(2, 8_000, (pids) => !pids.includes(victim));
+    const after = await untilWorkers(2, 30_000, (pids) => !pids.includes(victim));
     assert.ok(after.includes(survivor), 'the surviving worker is still there');
     const replacement = after.find((p) => p !== survivor)!;
     await untilEveryWorkerSeesRedis(2);
 
     // The replacement serves, with the routes file as reloaded (it reads the file when it starts).
-    await until(`the replacement worker ${replacement} forwarding a request`, 5_000, async () => {
+    await until(`the replacement worker ${replacement} forwarding a request`, 15_000, async () => {
       const path = `/api/added/${randomUUID()}`;
       const res = await fresh(gw, path, { token });
       assert.equal(res.statusCode, 200, res.text);
@@ -437,7 +440,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
     },
   );
 
-  it('SIGTERM to the primary: the request in flight completes with 200, new connections are refused, the primary exits 0', { timeout: 15_000 }, async () => {
+  it('SIGTERM to the primary: the request in flight completes with 200, new connections are refused, the primary exits 0', { timeout: 45_000 }, async () => {
     const workers = await childrenOf(gw.pid);
     assert.equal(workers.length, 2);
     const client = new Client(gw.url);
@@ -447,17 +450,17 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
       await slowSeen;
       assert.ok(gw.child.kill('SIGTERM'));
 
-      await until('new connections refused after SIGTERM', 5_000, async () => ((await connectionRefused(gw.port)) ? true : undefined), 10);
+      await until('new connections refused after SIGTERM', 15_000, async () => ((await connectionRefused(gw.port)) ? true : undefined), 10);
       assert.equal(gw.child.exitCode, null, 'the primary must wait for the request in flight');
       // The idle worker stops at once; the busy one drains.
-      await until('the idle worker stopping while the busy one drains', 3_000, async () => ((await childrenOf(gw.pid)).length === 1 ? true : undefined), 20);
+      await until('the idle worker stopping while the busy one drains', 10_000, async () => ((await childrenOf(gw.pid)).length === 1 ? true : undefined), 20);
       assert.equal(gw.child.exitCode, null, 'the primary still waits');
 
       releaseSlow();
       const res = await inFlight;
       assert.equal(res.statusCode, 200);
       assert.deepEqual(await res.body.json(), { url: SLOW });
-      const code = await Promise.race([gw.exited, delay(8_000).then(() => 'still running')]);
+      const code = await Promise.race([gw.exited, delay(20_000).then(() => 'still running')]);
       assert.equal(code, 0, `exit code of the primary; stderr:\n${gw.stderr()}\nstdout:\n${gw.stdout()}`);
       for (const pid of workers) assert.throws(() => process.kill(pid, 0), 'a worker outlived the primary');
     } finally {
@@ -466,7 +469,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
   });
 });
 
-describe('WORKERS=2 on SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT_MS', { timeout: 12_000 }, () => {
+describe('WORKERS=2 on SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT_MS', { timeout: 60_000 }, () => {
   let redis: TestRedis;
   let upstream: TestUpstream;
   let gw: GatewayProcess | undefined;
@@ -499,7 +502,7 @@ describe('WORKERS=2 on SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT_MS'
     );
     // Both workers listening (with their SIGTERM handlers installed), not just the first to answer.
     const p = gw;
-    await until('both workers listening', 10_000, async () => ((p.stdout().match(/"message":"api-gateway listening"/g) ?? []).length >= 2 ? true : undefined), 50);
+    await until('both workers listening', 30_000, async () => ((p.stdout().match(/"message":"api-gateway listening"/g) ?? []).length >= 2 ? true : undefined), 50);
     const client = new Client(gw.url);
     try {
       const inFlight = client.request({ path: '/held/x', method: 'GET', headersTimeout: 10_000, bodyTimeout: 10_000 }).then(
@@ -508,7 +511,7 @@ describe('WORKERS=2 on SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT_MS'
       );
       await seen;
       assert.ok(gw.child.kill('SIGTERM'));
-      const code = await Promise.race([gw.exited, delay(8_000).then(() => 'still running')]);
+      const code = await Promise.race([gw.exited, delay(20_000).then(() => 'still running')]);
       assert.match(await inFlight, /^cut: /, 'the request outlasting the deadline was cut');
       assert.match(gw.stdout(), /in-flight requests did not finish before SHUTDOWN_TIMEOUT_MS/, 'the worker said it cut requests');
       // A single process exits 1 here (src/main.ts); the primary must not report a clean stop.
@@ -519,7 +522,7 @@ describe('WORKERS=2 on SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT_MS'
   });
 });
 
-describe('WORKERS refused by the configuration', { timeout: 10_000 }, () => {
+describe('WORKERS refused by the configuration', { timeout: 45_000 }, () => {
   const started: GatewayProcess[] = [];
   after(async () => {
     await Promise.all(started.map((p) => p.stop()));
