@@ -116,7 +116,8 @@ function connectionRefused(port: number): Promise<boolean> {
       socket.destroy();
       resolve(false);
     });
-    socket.once('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNREFUSED' ? resolve(true) : reject(err)));
+    // A connection the kernel queued just before the listener closed is reset: not accepted either.
+    socket.once('error', (err: NodeJS.ErrnoException) => (err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET' ? resolve(true) : reject(err)));
   });
 }
 
