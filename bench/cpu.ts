@@ -73,3 +73,32 @@ export function coreUse(before: CpuSnapshot, after: CpuSnapshot, cpu: number, gr
   const watched = ((after.groups[group] ?? 0) - (before.groups[group] ?? 0)) / total;
   return { busy: (b.busy - a.busy) / total, watched, foreign: Math.max(0, (b.task - a.task) / total - watched) };
 }
+
+/** Resident memory of the processes (VmRSS summed), in MB; null when none is readable. */
+export function rssMb(pids: readonly number[]): number | null {
+  let kb = 0;
+  let found = false;
+  for (const pid of pids) {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(read(`/proc/${pid}/status`) ?? '');
+    if (m === null) continue;
+    kb += Number(m[1]);
+    found = true;
+  }
+  return found ? kb / 1024 : null;
+}
+
+/** Samples the processes' RSS every `everyMs` until stopped; `stop` returns the highest seen. */
+export function watchRss(pids: readonly number[], everyMs = 200): { stop(): number | null } {
+  let peak: number | null = pids.length === 0 ? null : rssMb(pids);
+  const timer = pids.length === 0 ? null : setInterval(() => {
+    const now = rssMb(pids);
+    if (now !== null && (peak === null || now > peak)) peak = now;
+  }, everyMs);
+  return {
+    stop() {
+      if (timer !== null) clearInterval(timer);
+      const last = pids.length === 0 ? null : rssMb(pids);
+      return last !== null && (peak === null || last > peak) ? last : peak;
+    },
+  };
+}

@@ -19,22 +19,27 @@ export interface Gateway {
   log: string;
 }
 
+export interface GatewayOptions {
+  /** A CPU list for taskset, or null. */
+  cpu: string | null;
+  /** Names the routes file, logs and spool in the run's dir. */
+  name: string;
+  nodeArgs?: string[];
+  /** Revocations, sessions and rate limits in this Redis (one script call per request). */
+  redisUrl?: string | null;
+  /** The audit trail: spooled on disk with fdatasync, delivered in batches to the stand-in. */
+  audit?: boolean;
+}
+
 /**
- * The compiled gateway (`node dist/src/main.js` in root) with a routes file of two routes to the
- * upstream: `/plain` (public) and `/authed` (auth: required), both rewritten to `/`. With a Redis
- * URL, every request's revocation check and rate limit go to Redis (one script call each).
+ * The compiled gateway (`node dist/src/main.js` in root) with a routes file of three routes to
+ * the upstream, all rewritten to `/`: `/plain` (public), `/authed` (a valid token with the role
+ * health_provider or admin) and `/records` (the same, and `phi: true`: fail-closed on Redis and
+ * on the audit spool, as a PHI route is deployed).
  */
-export async function startGateway(
-  root: string,
-  dir: string,
-  upstreamPort: number,
-  secret: string,
-  cpu: string | null,
-  nodeArgs: string[] = [],
-  redisUrl: string | null = null,
-): Promise<Gateway> {
+export async function startGateway(root: string, dir: string, upstreamPort: number, secret: string, o: GatewayOptions): Promise<Gateway> {
   const port = await freePort();
-  const name = redisUrl === null ? 'gateway' : 'gateway-redis';
+  const { name } = o;
   const routes = join(dir, `${name}.routes.yaml`);
   await writeFile(
     routes,
@@ -42,7 +47,8 @@ export async function startGateway(
   bench: { instances: ["http://127.0.0.1:${upstreamPort}"] }
 routes:
   - { name: plain, prefix: /plain, service: bench, auth: public, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
-  - { name: authed, prefix: /authed, service: bench, auth: required, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
+  - { name: authed, prefix: /authed, service: bench, auth: required, roles: [health_provider, admin], rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
+  - { name: records, prefix: /records, service: bench, auth: required, roles: [health_provider, admin], phi: true, rewrite: /, rateLimit: { perMinute: ${RATE_LIMIT} } }
 `,
   );
   const log = join(dir, `${name}.access.log`);
@@ -50,8 +56,8 @@ routes:
   const out = openSync(log, 'a');
   const stderrFile = join(dir, `${name}.stderr.log`);
   const err = openSync(stderrFile, 'a');
-  const child = start(process.execPath, [...nodeArgs, 'dist/src/main.js'], {
-    cpu,
+  const child = start(process.execPath, [...(o.nodeArgs ?? []), 'dist/src/main.js'], {
+    cpu: o.cpu,
     cwd: root,
     // Only what the gateway needs: a stray variable in the caller's shell must not change the setup.
     env: {
@@ -62,13 +68,11 @@ routes:
       ROUTES_FILE: routes,
       LOG_LEVEL: 'INFO',
       AUTH_SERVICE_URL: 'http://127.0.0.1:9',
-      // Authenticated rows pay for the audit trail as in production: spooled on disk, delivered
-      // in batches (the upstream nginx answers 200 to the audit service's path like to any other).
+      // The audit stand-in is the upstream nginx: it answers 200 to the audit service's path.
       AUDIT_SERVICE_URL: `http://127.0.0.1:${upstreamPort}`,
       AUDIT_SPOOL_DIR: join(dir, `${name}.audit-spool`),
-      // BENCH_AUDIT=off measures the same rows without the audit trail, to see what it costs.
-      ...(process.env.BENCH_AUDIT === 'off' ? { AUDIT_ENABLED: 'false' } : undefined),
-      ...(redisUrl !== null ? { REDIS_URL: redisUrl } : undefined),
+      AUDIT_ENABLED: o.audit === true ? 'true' : 'false',
+      ...(o.redisUrl ? { REDIS_URL: o.redisUrl } : undefined),
     },
     stdout: out,
     stderr: err,
@@ -85,11 +89,11 @@ routes:
 }
 
 /** An HS256 bearer token the gateway accepts: signed with its JWT_SECRET, with a known role. */
-export function signToken(secret: string, id = 'bench-token'): Promise<string> {
+export function signToken(secret: string, id = 'bench-token', subject = 'bench-user'): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   return new SignJWT({ role: 'health_provider' })
     .setProtectedHeader({ alg: 'HS256', typ: 'JWT' })
-    .setSubject('bench-user')
+    .setSubject(subject)
     .setJti(id)
     .setIssuedAt(now)
     // Under the gateway's 2 h lifetime cap, and longer than any sensible run.

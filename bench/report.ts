@@ -59,6 +59,8 @@ export interface Sample {
   loadBusy: number | null;
   /** Share of the proxy's core used by processes outside the benchmark. */
   foreign: number | null;
+  /** Highest resident memory of the proxy's processes seen during the run (MB; null: no proxy). */
+  rssMb: number | null;
 }
 
 export interface Row {
@@ -87,6 +89,8 @@ export interface Summary {
   spread: number;
   proxyCpu: number | null;
   loadBusy: number | null;
+  /** The highest RSS of any round. */
+  peakRssMb: number | null;
 }
 
 export function summarise(row: Row): Summary {
@@ -100,28 +104,63 @@ export function summarise(row: Row): Summary {
     spread: (Math.max(...all) - Math.min(...all)) / rps,
     proxyCpu: medianOf(row, (s) => s.proxyCpu),
     loadBusy: medianOf(row, (s) => s.loadBusy),
+    peakRssMb: row.samples.some((s) => s.rssMb !== null) ? Math.max(...row.samples.map((s) => s.rssMb ?? 0)) : null,
   };
 }
 
-const ms = (v: number) => (v < 1 ? `${(v * 1000).toFixed(0)} µs` : `${v.toFixed(2)} ms`);
+/** Requests per CPU-second of the proxy: fair even when wrk's core, not the proxy, was the limit. */
+export function perCpu(s: Summary): number | null {
+  return s.proxyCpu === null || s.proxyCpu === 0 ? null : s.rps / s.proxyCpu;
+}
+
+/** `s` per proxy CPU-second relative to `reference` per proxy CPU-second (by req/s when unpinned). */
+export function relative(s: Summary, reference: Summary): number {
+  const a = perCpu(s);
+  const b = perCpu(reference);
+  return a !== null && b !== null ? a / b : s.rps / reference.rps;
+}
+
+const ms = (v: number) => (Math.abs(v) < 1 ? `${(v * 1000).toFixed(0)} µs` : `${v.toFixed(2)} ms`);
 const pct = (v: number | null) => (v === null ? '–' : `${Math.round(v * 100)}%`);
 const ratio = (v: number) => v.toFixed(2);
 
+const mb = (v: number | null) => (v === null ? '–' : `${Math.round(v)} MB`);
+
 /**
- * The markdown table. The last column divides req/s by the CPU the proxy really used, which
- * matters when a proxy did not saturate its core because wrk's core was the limit.
+ * The throughput table. Ratios divide req/s by the CPU each proxy really used, which matters when
+ * a proxy did not saturate its core because wrk's core was the limit.
  */
-export function markdownTable(rows: readonly Summary[], direct: Summary, nginx: Summary): string {
-  const perCpu = (s: Summary) => (s.proxyCpu === null || s.proxyCpu === 0 ? null : s.rps / s.proxyCpu);
-  const nginxPerCpu = perCpu(nginx);
+export function markdownTable(rows: readonly Summary[], ceiling: Summary, nginx: Summary): string {
   const lines = [
-    '| Target | req/s (median) | spread | p50 | p99 | proxy CPU | wrk+upstream core busy | × direct | × nginx | × nginx per proxy CPU |',
+    '| Target | req/s (median) | spread | p50 | p99 | proxy CPU | wrk+upstream core busy | × Node ceiling per proxy CPU | × nginx per proxy CPU | peak RSS |',
     '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const s of rows) {
-    const own = perCpu(s);
+    const proxied = s.proxyCpu !== null;
     lines.push(
-      `| ${s.label} | ${Math.round(s.rps).toLocaleString('en-US')} | ±${(s.spread * 50).toFixed(1)}% | ${ms(s.p50Ms)} | ${ms(s.p99Ms)} | ${pct(s.proxyCpu)} | ${pct(s.loadBusy)} | ${ratio(s.rps / direct.rps)} | ${ratio(s.rps / nginx.rps)} | ${own !== null && nginxPerCpu !== null ? ratio(own / nginxPerCpu) : '–'} |`,
+      `| ${s.label} | ${Math.round(s.rps).toLocaleString('en-US')} | ±${(s.spread * 50).toFixed(1)}% | ${ms(s.p50Ms)} | ${ms(s.p99Ms)} | ${pct(s.proxyCpu)} | ${pct(s.loadBusy)} | ${proxied ? ratio(relative(s, ceiling)) : '–'} | ${proxied ? ratio(relative(s, nginx)) : '–'} | ${mb(s.peakRssMb)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+export interface LatencyRow {
+  label: string;
+  p50Ms: number;
+  p99Ms: number;
+  p999Ms: number;
+  failed: number;
+  peakRssMb: number | null;
+}
+
+/** The fixed-rate table: each percentile, and what the proxy adds to the direct call's. */
+export function latencyTable(rows: readonly LatencyRow[], direct: LatencyRow): string {
+  const added = (v: number, d: number) => (v - d < 0 ? `${ms(v - d)}` : `+${ms(v - d)}`);
+  const lines = ['| Target | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | failed | peak RSS |', '|---|---:|---:|---:|---:|---:|---:|---:|---:|'];
+  for (const r of rows) {
+    const isDirect = r === direct;
+    lines.push(
+      `| ${r.label} | ${ms(r.p50Ms)} | ${ms(r.p99Ms)} | ${ms(r.p999Ms)} | ${isDirect ? '–' : added(r.p50Ms, direct.p50Ms)} | ${isDirect ? '–' : added(r.p99Ms, direct.p99Ms)} | ${isDirect ? '–' : added(r.p999Ms, direct.p999Ms)} | ${r.failed} | ${mb(r.peakRssMb)} |`,
     );
   }
   return lines.join('\n');

@@ -1,9 +1,14 @@
 /**
- * npm run bench [-- --write] [-- --profile]
+ * npm run bench [-- --write] [-- --profile] [-- --soak]
  *
- * Direct upstream vs nginx proxy_pass vs the gateway (public route, JWT-authenticated route with
- * in-memory stores, and the same with Redis for revocations and rate limits), measured with wrk
- * in interleaved rounds on one machine. See BENCHMARKS.md.
+ * The gateway beside the upstream called directly, nginx proxy_pass, a hand-written node:http +
+ * undici proxy (the Node ceiling), Fastify + @fastify/http-proxy and a Fastify assembly with JWT
+ * and a Redis rate-limit store (bench/peers/), all in one run on one machine: throughput with wrk
+ * in interleaved rounds, then latency at a fixed rate. The gateway rows: a public route, a JWT +
+ * RBAC route with in-memory stores and the audit trail off, and the pipeline as deployed (Redis,
+ * the audit trail delivering to a stand-in, a PHI route, access log and metrics). `--soak` runs
+ * the deployed pipeline for BENCH_SOAK_SECONDS at a fixed rate with many users and prints its RSS
+ * curve. See BENCHMARKS.md.
  */
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -13,18 +18,26 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { coreUse, processTree, snapshot } from './cpu.js';
-import { signToken, startGateway, tokenRotationScript } from './gateway.js';
+import { coreUse, processTree, rssMb, snapshot, watchRss } from './cpu.js';
+import { runFixedRate } from './fixed-rate.js';
+import { ensurePeers, PEERS, startPeer, type PeerName } from './peers.js';
+import { signToken, startGateway, tokenRotationScript, type Gateway } from './gateway.js';
 import { proxyConf, startNginx, upstreamConf, UPSTREAM_BODY } from './nginx.js';
 import { startRedis } from './redis.js';
 import { allowedCpus, freePort, stop, stopAll, which } from './procs.js';
 import { formatSummary, summarise as summariseProfile, type CpuProfile } from './profile.js';
-import { formatFacts, machineFacts, markdownTable, summarise, type Facts, type Row, type Sample, type Summary } from './report.js';
+import { formatFacts, latencyTable, machineFacts, markdownTable, relative, summarise, type Facts, type LatencyRow, type Row, type Sample, type Summary } from './report.js';
 import { runWrk } from './wrk.js';
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
-const TARGET_PLAIN = 0.2;
-const TARGET_AUTH = 0.15;
+/** Per proxy CPU-second, against the Node ceiling in the same run. */
+const TARGET_LEAN = 0.95;
+const TARGET_DEPLOYED = 0.8;
+/** The deployed pipeline against the Fastify assembly with a Redis rate-limit store. */
+const TARGET_DEPLOYED_VS_FASTIFY = 1.5;
+/** At the fixed rate: added to the direct call's p50, and the p99 against the Fastify assembly's. */
+const TARGET_ADDED_P50_MS = 1;
+const TARGET_P99_VS_FASTIFY = 0.5;
 /** The run's temp dir, removed on Ctrl-C too. */
 let tempDir: string | null = null;
 
@@ -36,8 +49,14 @@ interface Options {
   threads: number;
   retries: number;
   tokens: number;
+  /** The fixed-rate phase: requests per second (0: skipped), seconds per target. */
+  rate: number;
+  rateSeconds: number;
   write: boolean;
   profile: boolean;
+  soak: boolean;
+  soakSeconds: number;
+  soakUsers: number;
   /** A git revision whose gateway is measured beside this one, row for row (BENCH_BASELINE). */
   baseline: string | null;
 }
@@ -51,21 +70,26 @@ function options(): Options {
     return n;
   };
   const flags = process.argv.slice(2);
-  const unknown = flags.filter((f) => f !== '--write' && f !== '--profile');
-  if (unknown.length > 0) throw new Error(`unknown argument ${unknown.join(' ')}; the flags are --write and --profile`);
+  const unknown = flags.filter((f) => f !== '--write' && f !== '--profile' && f !== '--soak');
+  if (unknown.length > 0) throw new Error(`unknown argument ${unknown.join(' ')}; the flags are --write, --profile and --soak`);
   return {
     seconds: int('BENCH_DURATION', 10, 1),
     warmup: int('BENCH_WARMUP', 3, 0),
     rounds: int('BENCH_ROUNDS', 3, 1),
-    connections: int('BENCH_CONNECTIONS', 64, 1),
+    connections: int('BENCH_CONNECTIONS', 50, 1),
     // One wrk thread: wrk shares its core with the upstream, more threads would only contend.
     threads: int('BENCH_THREADS', 1, 1),
     // On a shared host, a run that other processes skewed can be repeated instead of counted.
     retries: int('BENCH_RETRIES', 0, 0),
     // More than 1 adds a row whose requests rotate through that many tokens (see BENCHMARKS.md).
     tokens: int('BENCH_TOKENS', 1, 1),
+    rate: int('BENCH_RATE', 1_000, 0),
+    rateSeconds: int('BENCH_RATE_SECONDS', 20, 1),
     write: flags.includes('--write'),
     profile: flags.includes('--profile'),
+    soak: flags.includes('--soak'),
+    soakSeconds: int('BENCH_SOAK_SECONDS', 600, 10),
+    soakUsers: int('BENCH_SOAK_USERS', 20_000, 1),
     baseline: process.env.BENCH_BASELINE?.trim() || null,
   };
 }
@@ -111,7 +135,7 @@ function describePinning(p: Pinning): string {
   ].join('\n');
 }
 
-type TargetKey = 'direct' | 'nginx' | 'gateway' | 'gateway-auth' | 'gateway-auth-redis' | 'gateway-auth-rotating';
+type TargetKey = 'direct' | 'nginx' | PeerName | 'gateway' | 'gateway-auth' | 'gateway-deployed' | 'gateway-auth-rotating';
 
 interface Target {
   /** `@baseline` marks the same row measured on the BENCH_BASELINE build. */
@@ -135,7 +159,7 @@ async function preflight(targets: readonly Target[]): Promise<void> {
     const body = await res.text();
     if (res.status !== 200 || body !== UPSTREAM_BODY) throw new Error(`${t.label}: ${t.url} answered ${res.status} ${body.slice(0, 200)}`);
   }
-  for (const authed of targets.filter((t) => t.key.startsWith('gateway-auth') && t.script === undefined)) {
+  for (const authed of targets.filter((t) => (t.key.startsWith('gateway-') || t.key === 'fastify-assembly') && t.key !== 'gateway' && t.script === undefined)) {
     const res = await fetch(authed.url);
     await res.arrayBuffer();
     if (res.status !== 401) throw new Error(`${authed.label}: without a token it answered ${res.status}, not 401; auth is not enforced`);
@@ -195,8 +219,10 @@ async function measure(t: Target, seconds: number, { o, pin, upstreamPids }: Set
   // Group 0 runs on the proxy's core; group 1 (upstream, wrk, this script) on the load core.
   const groups = [t.pids, [...upstreamPids, 'self' as const]];
   const before = snapshot(groups);
+  const rss = watchRss(t.pids);
   const r = await runWrk(t.url, { connections: o.connections, seconds, threads: o.threads, cpu: cpuArg(pin.load), headers: t.headers, script: t.script });
   const after = snapshot(groups);
+  const peakRss = rss.stop();
   if (r.non2xx > 0 || r.socketErrors !== null) {
     throw new Error(`${t.label}: ${r.non2xx} non-2xx/3xx responses, socket errors: ${r.socketErrors ?? 'none'}\n${r.output}${await oneAnswer(t)}`);
   }
@@ -215,6 +241,7 @@ async function measure(t: Target, seconds: number, { o, pin, upstreamPids }: Set
     loadBusy: load?.busy ?? null,
     // Without a proxy the other core is idle, and other work naturally lands there: harmless.
     foreign: load === null ? null : t.pids.length === 0 ? load.foreign : Math.max(proxy?.foreign ?? 0, load.foreign),
+    rssMb: peakRss,
   };
 }
 
@@ -224,9 +251,10 @@ function describeSample(label: string, s: Sample): string {
   const cpu = [
     s.proxyCpu === null ? null : `proxy CPU ${Math.round(s.proxyCpu * 100)}%`,
     s.loadBusy === null ? null : `wrk+upstream core ${Math.round(s.loadBusy * 100)}%`,
+    s.rssMb === null ? null : `RSS ${Math.round(s.rssMb)} MB`,
     isSkewed(s) ? `SKEWED: other processes took ${Math.round(s.foreign * 100)}% of a core` : null,
   ].filter(Boolean);
-  return `  ${label.padEnd(34)} ${Math.round(s.rps).toString().padStart(7)} req/s  p50 ${s.p50Ms.toFixed(3)} ms  p99 ${s.p99Ms.toFixed(3)} ms  ${cpu.join(', ')}`;
+  return `  ${label.padEnd(52)} ${Math.round(s.rps).toString().padStart(7)} req/s  p50 ${s.p50Ms.toFixed(3)} ms  p99 ${s.p99Ms.toFixed(3)} ms  ${cpu.join(', ')}`;
 }
 
 function settings(o: Options): string {
@@ -234,69 +262,83 @@ function settings(o: Options): string {
   return `load: wrk with ${o.threads} thread(s), ${o.connections} connections, ${o.seconds} s per run, ${o.rounds} rounds (order rotated each round), ${o.warmup} s warm-up per target first; medians reported${rotation}`;
 }
 
-async function compare(setup: Setup): Promise<void> {
-  const { o, pin, facts, dir, nginx, redisServer, upstreamPort } = setup;
+/** Everything the comparison runs against: proxies started, and the targets that reach them. */
+interface Field {
+  targets: Target[];
+}
+
+async function startField(setup: Setup): Promise<Field> {
+  const { o, pin, dir, nginx, redisServer, upstreamPort } = setup;
+  const proxyCpu = cpuArg(pin.proxy);
   const proxyPort = await freePort();
-  const proxy = await startNginx(nginx, dir, 'proxy', proxyConf(dir, proxyPort, upstreamPort, o.connections), cpuArg(pin.proxy), `http://127.0.0.1:${proxyPort}/plain`);
+  const proxy = await startNginx(nginx, dir, 'proxy', proxyConf(dir, proxyPort, upstreamPort, o.connections), proxyCpu, `http://127.0.0.1:${proxyPort}/plain`);
   const secret = randomBytes(32).toString('hex');
-  const gw = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy));
+  const token = await signToken(secret);
+  const bearer = [`Authorization: Bearer ${token}`];
   // Redis is a dependency like the upstream: it runs on the load core, outside the proxy's CPU.
   const redis = await startRedis(redisServer, cpuArg(pin.load));
   setup.upstreamPids.push(redis.child.pid!);
-  const gwRedis = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy), [], `redis://127.0.0.1:${redis.port}`);
-  const token = await signToken(secret);
-  const base = setup.baselineRoot === null ? null : {
-    gw: await startGateway(setup.baselineRoot, join(dir, 'baseline'), upstreamPort, secret, cpuArg(pin.proxy)),
-    gwRedis: await startGateway(setup.baselineRoot, join(dir, 'baseline'), upstreamPort, secret, cpuArg(pin.proxy), [], `redis://127.0.0.1:${redis.port}`),
-  };
+  const redisUrl = `redis://127.0.0.1:${redis.port}`;
+  const upstream = `http://127.0.0.1:${upstreamPort}`;
+  const peers = {} as Record<PeerName, { port: number; pid: number }>;
+  for (const name of Object.keys(PEERS) as PeerName[]) {
+    const peer = await startPeer(ROOT, name, { upstream, secret, redisUrl }, proxyCpu);
+    peers[name] = { port: peer.port, pid: peer.child.pid! };
+  }
+  const lean = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway' });
+  const deployed = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway-deployed', redisUrl, audit: true });
 
-  const targets: Target[] = [
-    { key: 'direct', label: 'direct (wrk -> upstream)', url: `http://127.0.0.1:${upstreamPort}/`, headers: [], accessLog: null, pids: [] },
-    { key: 'nginx', label: 'nginx proxy_pass', url: `http://127.0.0.1:${proxyPort}/plain`, headers: [], accessLog: join(dir, 'proxy.access.log'), pids: processTree(proxy.pid!) },
-    { key: 'gateway', label: 'gateway (public route)', url: `http://127.0.0.1:${gw.port}/plain`, headers: [], accessLog: gw.log, pids: [gw.child.pid!] },
+  const gatewayTargets = (lean: Gateway, deployed: Gateway, suffix: string, at: '' | '@baseline'): Target[] => [
+    { key: `gateway${at}`, label: `gateway, public route${suffix}`, url: `http://127.0.0.1:${lean.port}/plain`, headers: [], accessLog: lean.log, pids: [lean.child.pid!] },
+    { key: `gateway-auth${at}`, label: `gateway, JWT + RBAC + limit, in memory, audit off${suffix}`, url: `http://127.0.0.1:${lean.port}/authed`, headers: bearer, accessLog: lean.log, pids: [lean.child.pid!] },
     {
-      key: 'gateway-auth',
-      label: 'gateway + JWT auth',
-      url: `http://127.0.0.1:${gw.port}/authed`,
-      headers: [`Authorization: Bearer ${token}`],
-      accessLog: gw.log,
-      pids: [gw.child.pid!],
-    },
-    {
-      key: 'gateway-auth-redis',
-      label: 'gateway + JWT + Redis (revocation, limit)',
-      url: `http://127.0.0.1:${gwRedis.port}/authed`,
-      headers: [`Authorization: Bearer ${token}`],
-      accessLog: gwRedis.log,
-      pids: [gwRedis.child.pid!],
+      key: `gateway-deployed${at}`,
+      label: `gateway as deployed: JWT + RBAC + Redis + PHI route + audit${suffix}`,
+      url: `http://127.0.0.1:${deployed.port}/records`,
+      headers: bearer,
+      accessLog: deployed.log,
+      pids: [deployed.child.pid!],
     },
   ];
-  if (base !== null) {
-    const suffix = ` (baseline ${o.baseline})`;
-    targets.push(
-      { key: 'gateway@baseline', label: `gateway (public route)${suffix}`, url: `http://127.0.0.1:${base.gw.port}/plain`, headers: [], accessLog: base.gw.log, pids: [base.gw.child.pid!] },
-      { key: 'gateway-auth@baseline', label: `gateway + JWT auth${suffix}`, url: `http://127.0.0.1:${base.gw.port}/authed`, headers: [`Authorization: Bearer ${token}`], accessLog: base.gw.log, pids: [base.gw.child.pid!] },
-      {
-        key: 'gateway-auth-redis@baseline',
-        label: `gateway + JWT + Redis (revocation, limit)${suffix}`,
-        url: `http://127.0.0.1:${base.gwRedis.port}/authed`,
-        headers: [`Authorization: Bearer ${token}`],
-        accessLog: base.gwRedis.log,
-        pids: [base.gwRedis.child.pid!],
-      },
-    );
+  const peerTarget = (name: PeerName): Target => ({
+    key: name,
+    label: PEERS[name].label,
+    url: `http://127.0.0.1:${peers[name].port}/`,
+    headers: name === 'fastify-assembly' ? bearer : [],
+    accessLog: null,
+    pids: [peers[name].pid],
+  });
+  const targets: Target[] = [
+    { key: 'direct', label: 'direct (wrk -> upstream)', url: `${upstream}/`, headers: [], accessLog: null, pids: [] },
+    { key: 'nginx', label: 'nginx proxy_pass', url: `http://127.0.0.1:${proxyPort}/plain`, headers: [], accessLog: join(dir, 'proxy.access.log'), pids: processTree(proxy.pid!) },
+    peerTarget('raw'),
+    peerTarget('fastify-proxy'),
+    peerTarget('fastify-assembly'),
+    ...gatewayTargets(lean, deployed, '', ''),
+  ];
+  if (setup.baselineRoot !== null) {
+    const baseDir = join(dir, 'baseline');
+    const baseLean = await startGateway(setup.baselineRoot, baseDir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway' });
+    const baseDeployed = await startGateway(setup.baselineRoot, baseDir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway-deployed', redisUrl, audit: true });
+    targets.push(...gatewayTargets(baseLean, baseDeployed, ` (baseline ${o.baseline})`, '@baseline'));
   }
   if (o.tokens > 1) {
     targets.push({
       key: 'gateway-auth-rotating',
-      label: `gateway + JWT auth, ${o.tokens} tokens`,
-      url: `http://127.0.0.1:${gw.port}/authed`,
+      label: `gateway, JWT route, ${o.tokens} tokens`,
+      url: `http://127.0.0.1:${lean.port}/authed`,
       headers: [],
       script: await tokenRotationScript(dir, secret, o.tokens),
-      accessLog: gw.log,
-      pids: [gw.child.pid!],
+      accessLog: lean.log,
+      pids: [lean.child.pid!],
     });
   }
+  return { targets };
+}
+
+async function compare(setup: Setup): Promise<void> {
+  const { o } = setup;
+  const { targets } = await startField(setup);
   await preflight(targets.filter((t) => t.script === undefined));
 
   if (o.warmup > 0) {
@@ -322,42 +364,109 @@ async function compare(setup: Setup): Promise<void> {
 
   const summaries = rows.map(summarise);
   const get = (key: Target['key']): Summary => summaries[rows.findIndex((r) => r.key === key)]!;
-  const table = markdownTable(summaries, get('direct'), get('nginx'));
-  const nginxRow = get('nginx');
-  // Requests per CPU-second of the proxy: fair even when wrk's core, not the proxy, was the limit.
-  const verdict = (s: Summary, target: number) => {
-    const raw = s.rps / nginxRow.rps;
-    const perCpu = s.proxyCpu !== null && nginxRow.proxyCpu !== null ? raw * (nginxRow.proxyCpu / s.proxyCpu) : null;
-    const r = perCpu ?? raw;
-    const basis = perCpu === null ? 'req/s, both on one core' : `per proxy CPU-second (${raw.toFixed(3)} by req/s)`;
-    return `${s.label}: ${r.toFixed(3)} x nginx ${basis}; target >= ${target}: ${r >= target ? 'met' : 'NOT met'}`;
+  const ceiling = get('raw');
+  const table = markdownTable(summaries, ceiling, get('nginx'));
+  const verdict = (s: Summary, reference: Summary, name: string, target: number) => {
+    const r = relative(s, reference);
+    return `${s.label}: ${r.toFixed(3)} x ${name} per proxy CPU-second; target >= ${target}: ${r >= target ? 'met' : 'NOT met'}`;
   };
   const all = rows.flatMap((r) => r.samples);
   const skewed = all.filter(isSkewed).length;
   const verdicts = [
-    verdict(get('gateway'), TARGET_PLAIN),
-    verdict(get('gateway-auth'), TARGET_AUTH),
-    verdict(get('gateway-auth-redis'), TARGET_AUTH),
-    ...(base === null ? [] : (['gateway', 'gateway-auth', 'gateway-auth-redis'] as const).map((k) => againstBaseline(get(k), get(`${k}@baseline`), o.baseline!))),
+    verdict(get('gateway'), ceiling, 'the Node ceiling', TARGET_LEAN),
+    verdict(get('gateway-auth'), ceiling, 'the Node ceiling', TARGET_LEAN),
+    verdict(get('gateway-deployed'), ceiling, 'the Node ceiling', TARGET_DEPLOYED),
+    verdict(get('gateway-deployed'), get('fastify-assembly'), 'the Fastify assembly (Redis limit)', TARGET_DEPLOYED_VS_FASTIFY),
+    ...(setup.baselineRoot === null ? [] : (['gateway', 'gateway-auth', 'gateway-deployed'] as const).map((k) => againstBaseline(get(k), get(`${k}@baseline`), o.baseline!))),
     `runs skewed by other processes (> ${FOREIGN_LIMIT * 100}% of either core): ${skewed} of ${all.length}`,
   ];
-
   console.log(`\n${table}\n\n${verdicts.join('\n')}`);
+
+  const latency = o.rate > 0 ? await fixedRate(setup, targets) : null;
+
   if (o.write) {
     const section = [
       `\n### Run of ${new Date().toISOString().slice(0, 16).replace('T', ' ')} UTC\n`,
-      ...formatFacts(facts).split('\n').map((l) => `- ${l}`),
+      ...formatFacts(setup.facts).split('\n').map((l) => `- ${l}`),
       `- ${settings(o)}`,
-      `- ${describePinning(pin).replace(/\n\s+/g, ' ')}`,
+      `- ${describePinning(setup.pin).replace(/\n\s+/g, ' ')}`,
       '',
       table,
       '',
       ...verdicts.map((v) => `- ${v}`),
+      ...(latency === null ? [] : ['', `At a fixed ${o.rate} req/s, ${o.rateSeconds} s per target, ${o.connections} connections at most (latency from when each request was due):`, '', latency.table, '', ...latency.verdicts.map((v) => `- ${v}`)]),
       '',
     ].join('\n');
     await appendFile(join(ROOT, 'BENCHMARKS.md'), section);
     console.log('\nappended to BENCHMARKS.md');
   }
+}
+
+/** The rows whose latency at a fixed rate is compared. */
+const LATENCY_ROWS: ReadonlyArray<Target['key']> = ['direct', 'raw', 'fastify-assembly', 'gateway-auth', 'gateway-deployed', 'gateway-deployed@baseline'];
+
+/**
+ * Latency at a fixed rate, the way a real client population loads the gateway: well below
+ * saturation, where the tail shows pauses (GC, a synchronous stretch, a sync of the spool) that
+ * a saturated throughput run hides in its queueing.
+ */
+async function fixedRate(setup: Setup, targets: readonly Target[]): Promise<{ table: string; verdicts: string[] }> {
+  const { o } = setup;
+  const chosen = LATENCY_ROWS.map((k) => targets.find((t) => t.key === k)).filter((t): t is Target => t !== undefined);
+  console.log(`\nfixed rate: ${o.rate} req/s for ${o.rateSeconds} s per target`);
+  const rows: LatencyRow[] = [];
+  for (const t of chosen) {
+    const rss = watchRss(t.pids);
+    const r = await runFixedRate(t.url, { rate: o.rate, seconds: o.rateSeconds, connections: o.connections, headers: [headerObject(t)] });
+    const row: LatencyRow = { label: t.label, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p999Ms: r.p999Ms, failed: r.failed, peakRssMb: rss.stop() };
+    rows.push(row);
+    console.log(`  ${t.label.padEnd(52)} p50 ${r.p50Ms.toFixed(3)} ms  p99 ${r.p99Ms.toFixed(3)} ms  p99.9 ${r.p999Ms.toFixed(3)} ms  failed ${r.failed}`);
+  }
+  const byKey = (k: Target['key']) => rows[chosen.findIndex((t) => t.key === k)];
+  const direct = byKey('direct')!;
+  const deployed = byKey('gateway-deployed')!;
+  const fastify = byKey('fastify-assembly')!;
+  const table = latencyTable(rows, direct);
+  const added = deployed.p50Ms - direct.p50Ms;
+  const verdicts = [
+    `${deployed.label}: adds ${added.toFixed(3)} ms to the direct call's p50; target <= ${TARGET_ADDED_P50_MS} ms: ${added <= TARGET_ADDED_P50_MS ? 'met' : 'NOT met'}`,
+    `${deployed.label}: p99 ${(deployed.p99Ms / fastify.p99Ms).toFixed(2)} x the Fastify assembly's; target <= ${TARGET_P99_VS_FASTIFY}: ${deployed.p99Ms <= TARGET_P99_VS_FASTIFY * fastify.p99Ms ? 'met' : 'NOT met'}`,
+  ];
+  console.log(`\n${table}\n\n${verdicts.join('\n')}`);
+  return { table, verdicts };
+}
+
+/**
+ * The deployed pipeline for a long while at a fixed rate, every request from one of many users
+ * (one token each): nothing kept per user may grow without bound. Prints the RSS curve.
+ */
+async function soak(setup: Setup): Promise<void> {
+  const { o, pin, dir, redisServer, upstreamPort } = setup;
+  const redis = await startRedis(redisServer, cpuArg(pin.load));
+  setup.upstreamPids.push(redis.child.pid!);
+  const secret = randomBytes(32).toString('hex');
+  const gw = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: cpuArg(pin.proxy), name: 'gateway-deployed', redisUrl: `redis://127.0.0.1:${redis.port}`, audit: true });
+  console.log(`signing ${o.soakUsers} tokens, one per user`);
+  const headers: Array<Record<string, string>> = [];
+  for (let i = 0; i < o.soakUsers; i++) headers.push({ authorization: `Bearer ${await signToken(secret, `soak-${i}`, `soak-user-${i}`)}` });
+  const pid = gw.child.pid!;
+  const curve: Array<[number, number]> = [];
+  const started = Date.now();
+  const sample = () => curve.push([Math.round((Date.now() - started) / 1000), rssMb([pid]) ?? 0]);
+  sample();
+  const timer = setInterval(() => {
+    sample();
+    const [s, mb] = curve[curve.length - 1]!;
+    console.log(`  ${String(s).padStart(4)} s  RSS ${mb.toFixed(1)} MB`);
+  }, 10_000);
+  const r = await runFixedRate(`http://127.0.0.1:${gw.port}/records`, { rate: o.rate || 1_000, seconds: o.soakSeconds, connections: o.connections, headers });
+  clearInterval(timer);
+  sample();
+  const first = curve.find(([s]) => s >= 60) ?? curve[0]!;
+  const last = curve[curve.length - 1]!;
+  console.log(`\nsoak: ${r.sent} requests from ${o.soakUsers} users over ${o.soakSeconds} s, ${r.failed} failed; p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms, p99.9 ${r.p999Ms.toFixed(2)} ms`);
+  console.log(`RSS after the first minute ${first[1].toFixed(1)} MB, at the end ${last[1].toFixed(1)} MB, highest ${Math.max(...curve.map(([, mb]) => mb)).toFixed(1)} MB`);
+  console.log(`curve (s, MB): ${curve.map(([s, mb]) => `${s}:${mb.toFixed(0)}`).join(' ')}`);
 }
 
 /**
@@ -395,22 +504,33 @@ function buildBaseline(rev: string, dir: string): string {
  * is written when the gateway exits on SIGTERM, kept in bench/results/ for DevTools, and summarised.
  */
 async function profile(setup: Setup): Promise<void> {
-  const { o, pin, dir, upstreamPort } = setup;
+  const { o, pin, dir, upstreamPort, redisServer } = setup;
   const results = join(ROOT, 'bench', 'results');
   await mkdir(results, { recursive: true });
   const stamp = new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19);
   const secret = randomBytes(32).toString('hex');
   const token = await signToken(secret);
+  const redis = await startRedis(redisServer, cpuArg(pin.load));
+  setup.upstreamPids.push(redis.child.pid!);
   // With BENCH_TOKENS > 1 the authenticated profile rotates tokens, so it shows full verifications.
   const rotation = o.tokens > 1 ? await tokenRotationScript(dir, secret, o.tokens) : undefined;
-  const runs: Array<{ key: string; path: string; headers: string[]; script: string | undefined }> = [
-    { key: 'plain', path: '/plain', headers: [], script: undefined },
-    { key: 'authed', path: '/authed', headers: rotation === undefined ? [`Authorization: Bearer ${token}`] : [], script: rotation },
+  const bearer = rotation === undefined ? [`Authorization: Bearer ${token}`] : [];
+  const runs: Array<{ key: string; path: string; headers: string[]; script: string | undefined; deployed: boolean }> = [
+    { key: 'plain', path: '/plain', headers: [], script: undefined, deployed: false },
+    { key: 'authed', path: '/authed', headers: bearer, script: rotation, deployed: false },
+    { key: 'deployed', path: '/records', headers: bearer, script: rotation, deployed: true },
   ];
-  for (const { key, path, headers, script } of runs) {
+  const only = process.env.BENCH_PROFILE?.split(',').map((k) => k.trim());
+  for (const { key, path, headers, script, deployed } of runs) {
+    if (only !== undefined && !only.includes(key)) continue;
     const name = `gateway-${key}-${stamp}.cpuprofile`;
-    const gw = await startGateway(ROOT, dir, upstreamPort, secret, cpuArg(pin.proxy), ['--cpu-prof', '--cpu-prof-dir', results, '--cpu-prof-name', name]);
-    const label = `gateway ${path}${script === undefined ? '' : `, ${o.tokens} tokens`}`;
+    const gw = await startGateway(ROOT, dir, upstreamPort, secret, {
+      cpu: cpuArg(pin.proxy),
+      name: `profile-${key}`,
+      nodeArgs: ['--cpu-prof', '--cpu-prof-dir', results, '--cpu-prof-name', name],
+      ...(deployed ? { redisUrl: `redis://127.0.0.1:${redis.port}`, audit: true } : {}),
+    });
+    const label = `gateway ${path}${deployed ? ' as deployed' : ''}${script === undefined ? '' : `, ${o.tokens} tokens`}`;
     const target: Target = { key: 'gateway', label, url: `http://127.0.0.1:${gw.port}${path}`, headers, script, accessLog: gw.log, pids: [gw.child.pid!] };
     if (script === undefined) await preflight([target]);
     if (o.warmup > 0) await measure(target, o.warmup, setup);
@@ -447,6 +567,7 @@ async function main(): Promise<void> {
   if (pin.load !== null) spawnSync('taskset', ['-a', '-p', '-c', String(pin.load), String(process.pid)], { stdio: 'ignore' });
 
   run('npm', ['run', 'build']);
+  if (!o.profile && !o.soak) ensurePeers(ROOT);
   console.log(`\n${formatFacts(facts)}\n${describePinning(pin)}\n${settings(o)}`);
   await warnIfBusy(pin);
   console.log('access logs: nginx proxy -> JSON lines to a file in the temp dir (buffer=4k flush=250ms); gateway LOG_LEVEL=INFO, stdout -> a file in the temp dir; upstream nginx: access_log off');
@@ -458,10 +579,11 @@ async function main(): Promise<void> {
   try {
     const upstreamPort = await freePort();
     const upstream = await startNginx(nginx, dir, 'upstream', upstreamConf(dir, upstreamPort), cpuArg(pin.load), `http://127.0.0.1:${upstreamPort}/`);
-    const baselineRoot = o.baseline === null || o.profile ? null : buildBaseline(o.baseline, dir);
+    const baselineRoot = o.baseline === null || o.profile || o.soak ? null : buildBaseline(o.baseline, dir);
     if (baselineRoot !== null) await mkdir(join(dir, 'baseline'), { recursive: true });
     const setup: Setup = { o, pin, facts, dir, baselineRoot, nginx, redisServer, upstreamPort, upstreamPids: processTree(upstream.pid!) };
     if (o.profile) await profile(setup);
+    else if (o.soak) await soak(setup);
     else await compare(setup);
   } finally {
     await cleanUp();
