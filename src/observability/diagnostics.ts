@@ -58,7 +58,8 @@ function varsReader(sources: DiagnosticsSources, loop: IntervalHistogram): () =>
       heap: getHeapStatistics(),
       heap_spaces: getHeapSpaceStatistics().map((s) => ({ name: s.space_name, size: s.space_size, used: s.space_used_size, available: s.space_available_size })),
       event_loop: {
-        delay_ms: { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6, mean: loop.mean / 1e6 },
+        // Right after start the histogram has no sample yet, and its mean is NaN (null in JSON).
+        delay_ms: loop.count === 0 ? { p50: 0, p99: 0, max: 0, mean: 0, samples: 0 } : { p50: loop.percentile(50) / 1e6, p99: loop.percentile(99) / 1e6, max: loop.max / 1e6, mean: loop.mean / 1e6, samples: loop.count },
         utilization: utilization.utilization,
       },
       resources: countResources(),
