@@ -30,9 +30,9 @@ export function ensurePeers(root: string): void {
   if (r.status !== 0) throw new Error('npm ci in bench/peers failed');
 }
 
-export async function startPeer(root: string, name: PeerName, env: { upstream: string; secret: string; redisUrl: string }, cpu: string | null): Promise<Peer> {
+export async function startPeer(root: string, name: PeerName, env: { upstream: string; secret: string; redisUrl: string }, cpu: string | null, nodeArgs: string[] = []): Promise<Peer> {
   const port = await freePort();
-  const child = start(process.execPath, [join(root, 'bench', 'peers', PEERS[name].file)], {
+  const child = start(process.execPath, [...nodeArgs, join(root, 'bench', 'peers', PEERS[name].file)], {
     cpu,
     cwd: join(root, 'bench', 'peers'),
     env: { PATH: process.env.PATH, NODE_ENV: 'production', PORT: String(port), UPSTREAM: env.upstream, JWT_SECRET: env.secret, REDIS_URL: env.redisUrl },

@@ -521,6 +521,18 @@ async function profile(setup: Setup): Promise<void> {
     { key: 'deployed', path: '/records', headers: bearer, script: rotation, deployed: true },
   ];
   const only = process.env.BENCH_PROFILE?.split(',').map((k) => k.trim());
+  // The Node ceiling under the same profiler, so that what the gateway adds to it shows.
+  if (only?.includes('raw')) {
+    ensurePeers(ROOT);
+    const name = `raw-${stamp}.cpuprofile`;
+    const peer = await startPeer(ROOT, 'raw', { upstream: `http://127.0.0.1:${upstreamPort}`, secret, redisUrl: `redis://127.0.0.1:${redis.port}` }, cpuArg(pin.proxy), ['--cpu-prof', '--cpu-prof-dir', results, '--cpu-prof-name', name]);
+    const target: Target = { key: 'raw', label: PEERS.raw.label, url: `http://127.0.0.1:${peer.port}/`, headers: [], accessLog: null, pids: [peer.child.pid!] };
+    if (o.warmup > 0) await measure(target, o.warmup, setup);
+    const s = await measure(target, o.seconds, setup);
+    await stop(peer.child, 30_000);
+    const file = join(results, name);
+    console.log(`\n${describeSample(target.label, s)}\n${formatSummary(`${target.label}, profile ${file}`, summariseProfile(JSON.parse(await readFile(file, 'utf8')) as CpuProfile))}`);
+  }
   for (const { key, path, headers, script, deployed } of runs) {
     if (only !== undefined && !only.includes(key)) continue;
     const name = `gateway-${key}-${stamp}.cpuprofile`;

@@ -15,6 +15,7 @@ import { AccessControl } from './stores/failover-access-store.js';
 import { MemoryAccessStore } from './stores/memory-access-store.js';
 import { RedisAccessStore } from './stores/redis-access-store.js';
 import { createRedisClient } from './stores/redis-client.js';
+import { RespPipe, targetOf } from './stores/resp-pipe.js';
 import { readTlsMaterial, type TlsMaterial } from './tls.js';
 import { UpstreamPools } from './upstream/pools.js';
 import { UpstreamRegistry } from './upstream/registry.js';
@@ -68,7 +69,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
     jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
   });
   const upstreams = new UpstreamRegistry(logger, undefined, upstreamCa);
-  const { redis, subscriber, local, accessControl } = openStores(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger);
+  const { redis, pipe, subscriber, local, accessControl } = openStores(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger);
   const audit = env.AUDIT_ENABLED ? await openAudit(config, upstreamCa, logger) : null;
   const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
   const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
@@ -100,6 +101,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
       health.stop();
       local.close();
       redis?.disconnect();
+      pipe?.close();
       subscriber?.disconnect();
     },
   };
@@ -133,14 +135,24 @@ function openHealth(
 }
 
 /** Redis when REDIS_URL is set, with the in-process store as its fallback; the in-process store alone otherwise. */
-function openStores(url: string | undefined, timeoutMs: number, logger: Logger): { redis: Redis | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
+function openStores(
+  url: string | undefined,
+  timeoutMs: number,
+  logger: Logger,
+): { redis: Redis | null; pipe: RespPipe | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const redis = url ? createRedisClient(url, timeoutMs, logger) : null;
+  // The request path's script call on its own lean connection; a reply this late means a stuck server.
+  const pipe = url ? new RespPipe(targetOf(url), {
+        connectTimeoutMs: 1_000,
+        stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
+        onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
+      }) : null;
   const local = new MemoryAccessStore();
-  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis) : null, local, logger, timeoutMs);
+  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis, pipe) : null, local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = url ? createRedisClient(url, timeoutMs, logger) : null;
   if (subscriber !== null) accessControl.listen(subscriber);
-  return { redis, subscriber, local, accessControl };
+  return { redis, pipe, subscriber, local, accessControl };
 }
 
 function openAudit(config: GatewayConfig, ca: Buffer | undefined, logger: Logger): Promise<AuditTrail> {

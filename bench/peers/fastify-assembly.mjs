@@ -27,3 +27,6 @@ await app.register(rateLimit, {
 });
 await app.register(proxy, { upstream: process.env.UPSTREAM });
 await app.listen({ port: Number(process.env.PORT), host: '127.0.0.1' });
+
+// An orderly exit on SIGTERM, so that node --cpu-prof writes its profile.
+process.once('SIGTERM', () => process.exit(0));

@@ -28,3 +28,6 @@ createServer((req, res) => {
       else res.destroy();
     });
 }).listen(Number(process.env.PORT), '127.0.0.1');
+
+// An orderly exit on SIGTERM, so that node --cpu-prof writes its profile.
+process.once('SIGTERM', () => process.exit(0));

@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
+import type { LuaScript, RespPipe } from './resp-pipe.js';
 
 /**
  * GCRA (mirrors `gcra()` in rate-limit-store.ts). The clock is Redis's own (TIME), so replicas
@@ -76,6 +78,10 @@ end
 return 1
 `;
 
+const script = (body: string): LuaScript => ({ body, sha: createHash('sha1').update(body).digest('hex') });
+const COUNT_SCRIPT = script(COUNT);
+const ACCESS_SCRIPT = script(ACCESS);
+
 type Reply = [number, number?, number?, number?, (string | null)?];
 type Scripted = {
   gatewayCount(key: string, interval: string, window: string, mode: CountMode): Promise<Reply>;
@@ -96,7 +102,14 @@ function decisionOf(reply: Reply, limit: number): RateLimitDecision {
 export class RedisAccessStore implements SharedAccessStore {
   private readonly redis: Redis & Scripted;
 
-  constructor(redis: Redis) {
+  /**
+   * `pipe`, when given, carries the per-request script call (resp-pipe.ts: a fraction of the
+   * client-side cost of the same call through ioredis); everything else goes through `redis`.
+   */
+  constructor(
+    redis: Redis,
+    private readonly pipe: RespPipe | null = null,
+  ) {
     redis.defineCommand('gatewayCount', { numberOfKeys: 1, lua: COUNT });
     redis.defineCommand('gatewayAccess', { numberOfKeys: 4, lua: ACCESS });
     redis.defineCommand('gatewayRevokeUser', { numberOfKeys: 1, lua: REVOKE_USER });
@@ -108,20 +121,14 @@ export class RedisAccessStore implements SharedAccessStore {
     const interval = String(q.windowMs / q.limit);
     const window = String(q.windowMs);
     const token = q.token;
+    const pipe = this.pipe;
     if (token === null) {
-      return { revoked: false, sessionUser: null, decision: decisionOf(await this.redis.gatewayCount(q.rateKey, interval, window, 'take'), q.limit) };
+      const counted = pipe !== null ? ((await pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, 'take'])) as Reply) : await this.redis.gatewayCount(q.rateKey, interval, window, 'take');
+      return { revoked: false, sessionUser: null, decision: decisionOf(counted, q.limit) };
     }
-    const reply = await this.redis.gatewayAccess(
-      q.rateKey,
-      keys.revokedToken(token.tokenId ?? ''),
-      keys.revokedUser(token.userId),
-      keys.session(token.sessionId ?? ''),
-      interval,
-      window,
-      token.tokenId !== null ? '1' : '0',
-      token.issuedAt !== null ? String(token.issuedAt) : '',
-      token.sessionId !== null ? '1' : '0',
-    );
+    const keyList = [q.rateKey, keys.revokedToken(token.tokenId ?? ''), keys.revokedUser(token.userId), keys.session(token.sessionId ?? '')];
+    const args = [interval, window, token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '', token.sessionId !== null ? '1' : '0'];
+    const reply = pipe !== null ? ((await pipe.run(ACCESS_SCRIPT, keyList, args)) as Reply) : await this.redis.gatewayAccess(...(keyList as [string, string, string, string]), ...(args as [string, string, string, string, string]));
     if (reply[0] === 2) return REVOKED;
     return { revoked: false, sessionUser: reply[4] ?? null, decision: decisionOf(reply, q.limit) };
   }

@@ -15,11 +15,11 @@ export interface TestRedis {
 }
 
 /** A real redis-server on a free loopback port, with nothing kept on disk. */
-export async function startRedis(): Promise<TestRedis> {
+export async function startRedis(extraArgs: readonly string[] = []): Promise<TestRedis> {
   const port = await freePort();
   let child: ChildProcess | null = null;
   const start = async () => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     child = proc;

@@ -1,0 +1,297 @@
+import { connect as connectTcp, type Socket } from 'node:net';
+import { connect as connectTls, type ConnectionOptions } from 'node:tls';
+
+/** A RESP2 reply: the shapes the gateway's scripts return. */
+export type RespValue = string | number | null | RespError | RespValue[];
+
+export class RespError extends Error {}
+
+/** Where to connect, as the Redis URL says it (`redis://` or `rediss://`, user, password, db). */
+export interface RespTarget {
+  host: string;
+  port: number;
+  tls: ConnectionOptions | null;
+  username: string | null;
+  password: string | null;
+  db: number;
+}
+
+export function targetOf(url: string, ca?: Buffer): RespTarget {
+  const u = new URL(url);
+  const secure = u.protocol === 'rediss:';
+  const db = Number(u.pathname.replace(/^\//, '') || '0');
+  return {
+    host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1',
+    port: Number(u.port || 6379),
+    tls: secure ? { servername: u.hostname, ...(ca === undefined ? {} : { ca }) } : null,
+    username: u.username === '' ? null : decodeURIComponent(u.username),
+    password: u.password === '' ? null : decodeURIComponent(u.password),
+    db: Number.isInteger(db) ? db : 0,
+  };
+}
+
+/** A Lua script sent by hash, and in full once when Redis does not know it (NOSCRIPT). */
+export interface LuaScript {
+  readonly sha: string;
+  readonly body: string;
+}
+
+type Callback = (err: Error | null, reply: RespValue) => void;
+
+interface Pending {
+  cb: Callback;
+  /** The script to send in full if Redis answers NOSCRIPT to its hash. */
+  retry: { script: LuaScript; rest: string; argc: number } | null;
+  sentAt: number;
+}
+
+export interface RespPipeOptions {
+  connectTimeoutMs: number;
+  /** Commands waiting for a reply past this many fail at once: nothing piles up behind a stuck server. */
+  maxPending?: number;
+  /** A reply older than this means the server is stuck: the connection is dropped and made again. */
+  stuckAfterMs?: number;
+  /** Told when Redis refuses the handshake (a wrong password, say) or a stuck connection is dropped. */
+  onProblem?: (problem: string) => void;
+}
+
+const CRLF = '\r\n';
+const bulk = (s: string) => `$${Buffer.byteLength(s)}${CRLF}${s}${CRLF}`;
+
+/** Reads one reply from `b` at `i`: [value, next index], or null when the bytes end first. */
+function parse(b: Buffer, i: number): [RespValue, number] | null {
+  if (i >= b.length) return null;
+  const end = b.indexOf(13, i);
+  if (end === -1 || end + 1 >= b.length) return null;
+  const type = b[i];
+  const next = end + 2;
+  switch (type) {
+    case 58: // ':' integer
+      return [Number(b.toString('latin1', i + 1, end)), next];
+    case 43: // '+' simple string
+      return [b.toString('latin1', i + 1, end), next];
+    case 45: // '-' error
+      return [new RespError(b.toString('utf8', i + 1, end)), next];
+    case 36: {
+      // '$' bulk string
+      const len = Number(b.toString('latin1', i + 1, end));
+      if (len < 0) return [null, next];
+      if (b.length < next + len + 2) return null;
+      return [b.toString('utf8', next, next + len), next + len + 2];
+    }
+    case 42: {
+      // '*' array
+      const n = Number(b.toString('latin1', i + 1, end));
+      if (n < 0) return [null, next];
+      const out: RespValue[] = new Array(n);
+      let at = next;
+      for (let k = 0; k < n; k++) {
+        const r = parse(b, at);
+        if (r === null) return null;
+        out[k] = r[0];
+        at = r[1];
+      }
+      return [out, at];
+    }
+    default:
+      throw new RespError(`unexpected reply byte ${type}`);
+  }
+}
+
+/**
+ * One pipelined Redis connection for the request path's script calls. ioredis carries everything
+ * else (pub/sub, revocations, health); on the request path its per-command machinery (a command
+ * object, a promise, an auto-pipeline object per batch) cost more than the rest of the access
+ * check, so the one script every request runs goes here: the commands of one event-loop turn
+ * leave in one write, replies are matched in order, and there is no timer per command (the caller
+ * keeps its own deadline). Like the ioredis client it stands beside, it never queues while
+ * disconnected: a call then fails at once and the caller falls back.
+ */
+export class RespPipe {
+  private socket: Socket | null = null;
+  private ready = false;
+  private closed = false;
+  private queue: Pending[] = [];
+  private head = 0;
+  private out = '';
+  private flushScheduled = false;
+  private rest: Buffer | null = null;
+  private reconnectMs = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private readonly watchdog: NodeJS.Timeout;
+  private readonly maxPending: number;
+  private readonly stuckAfterMs: number;
+  private readonly flush = () => this.write();
+  private readyWaiters: Array<() => void> = [];
+
+  constructor(
+    private readonly target: RespTarget,
+    private readonly options: RespPipeOptions,
+  ) {
+    this.maxPending = options.maxPending ?? 10_000;
+    this.stuckAfterMs = options.stuckAfterMs ?? 5_000;
+    this.watchdog = setInterval(() => this.checkStuck(), Math.min(1_000, this.stuckAfterMs));
+    this.watchdog.unref();
+    this.open();
+  }
+
+  get connected(): boolean {
+    return this.ready;
+  }
+
+  /** Resolves once the connection is ready (at once if it is). */
+  whenReady(): Promise<void> {
+    return this.ready ? Promise.resolve() : new Promise((resolve) => this.readyWaiters.push(resolve));
+  }
+
+  /** EVALSHA, falling back to EVAL with the body when Redis does not have the script. */
+  evalsha(script: LuaScript, keys: readonly string[], args: readonly string[], cb: Callback): void {
+    let rest = `${bulk(String(keys.length))}`;
+    for (const k of keys) rest += bulk(k);
+    for (const a of args) rest += bulk(a);
+    const argc = 1 + keys.length + args.length;
+    this.send(`*${argc + 2}${CRLF}${bulk('EVALSHA')}${bulk(script.sha)}${rest}`, cb, { script, rest, argc });
+  }
+
+  /** The same as a promise. */
+  run(script: LuaScript, keys: readonly string[], args: readonly string[]): Promise<RespValue> {
+    return new Promise((resolve, reject) => this.evalsha(script, keys, args, (err, reply) => (err === null ? resolve(reply) : reject(err))));
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.watchdog);
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.socket?.destroy();
+    this.failAll(new Error('the connection to redis is closed'));
+  }
+
+  private send(command: string, cb: Callback, retry: Pending['retry']): void {
+    if (!this.ready) return cb(new Error('redis is not connected'), null);
+    if (this.queue.length - this.head >= this.maxPending) return cb(new Error(`${this.maxPending} redis commands are waiting for a reply`), null);
+    this.queue.push({ cb, retry, sentAt: performance.now() });
+    this.out += command;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      // Every command issued in this turn of the event loop goes out in one write.
+      setImmediate(this.flush);
+    }
+  }
+
+  private write(): void {
+    this.flushScheduled = false;
+    if (this.out === '' || this.socket === null) return;
+    this.socket.write(this.out);
+    this.out = '';
+  }
+
+  private open(): void {
+    const t = this.target;
+    const socket = t.tls === null ? connectTcp({ host: t.host, port: t.port }) : connectTls({ host: t.host, port: t.port, ...t.tls });
+    this.socket = socket;
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    socket.setTimeout(this.options.connectTimeoutMs, () => socket.destroy(new Error('redis connect timeout')));
+    socket.once(t.tls === null ? 'connect' : 'secureConnect', () => this.handshake(socket));
+    socket.on('data', (d: Buffer) => this.receive(d));
+    socket.on('error', () => undefined);
+    socket.once('close', () => this.lost(socket));
+  }
+
+  /** AUTH and SELECT when the URL asks for them, and a PING: ready once all three answered. */
+  private handshake(socket: Socket): void {
+    const steps: string[] = [];
+    if (this.target.password !== null) {
+      steps.push(this.target.username === null ? `*2${CRLF}${bulk('AUTH')}${bulk(this.target.password)}` : `*3${CRLF}${bulk('AUTH')}${bulk(this.target.username)}${bulk(this.target.password)}`);
+    }
+    if (this.target.db !== 0) steps.push(`*2${CRLF}${bulk('SELECT')}${bulk(String(this.target.db))}`);
+    steps.push(`*1${CRLF}${bulk('PING')}`);
+    let left = steps.length;
+    const step: Callback = (err) => {
+      if (socket !== this.socket) return;
+      if (err !== null) {
+        if (err instanceof RespError) this.options.onProblem?.(`redis refused the connection: ${err.message}`);
+        socket.destroy();
+        return;
+      }
+      if (--left === 0) {
+        socket.setTimeout(0);
+        this.ready = true;
+        this.reconnectMs = 0;
+        for (const wake of this.readyWaiters.splice(0)) wake();
+      }
+    };
+    for (let k = 0; k < steps.length; k++) this.queue.push({ cb: step, retry: null, sentAt: performance.now() });
+    socket.write(steps.join(''));
+  }
+
+  private receive(d: Buffer): void {
+    let b = this.rest === null ? d : Buffer.concat([this.rest, d]);
+    let i = 0;
+    try {
+      for (;;) {
+        const r = parse(b, i);
+        if (r === null) break;
+        i = r[1];
+        this.answer(r[0]);
+      }
+    } catch {
+      // A stream we cannot read: start again on a fresh connection.
+      this.socket?.destroy();
+      return;
+    }
+    b = i >= b.length ? Buffer.alloc(0) : b.subarray(i);
+    this.rest = b.length === 0 ? null : b;
+  }
+
+  private answer(reply: RespValue): void {
+    const p = this.queue[this.head];
+    if (p === undefined) return;
+    this.queue[this.head++] = undefined as never;
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+    if (reply instanceof RespError) {
+      if (p.retry !== null && reply.message.startsWith('NOSCRIPT')) {
+        const { script, rest, argc } = p.retry;
+        // Sent in full once: EVAL also makes Redis keep the script for the next EVALSHA.
+        this.send(`*${argc + 2}${CRLF}${bulk('EVAL')}${bulk(script.body)}${rest}`, p.cb, null);
+        return;
+      }
+      p.cb(reply, null);
+      return;
+    }
+    p.cb(null, reply);
+  }
+
+  private checkStuck(): void {
+    const oldest = this.queue[this.head];
+    if (oldest === undefined || performance.now() - oldest.sentAt <= this.stuckAfterMs) return;
+    this.options.onProblem?.(`no reply from redis for ${this.stuckAfterMs} ms; connecting again`);
+    this.socket?.destroy();
+  }
+
+  private lost(socket: Socket): void {
+    if (socket !== this.socket) return;
+    this.socket = null;
+    this.ready = false;
+    this.rest = null;
+    this.out = '';
+    this.failAll(new Error('the connection to redis was lost'));
+    if (this.closed) return;
+    this.reconnectMs = Math.min(2_000, this.reconnectMs + 200);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (!this.closed) this.open();
+    }, this.reconnectMs);
+    this.reconnectTimer.unref();
+  }
+
+  private failAll(err: Error): void {
+    const waiting = this.queue.slice(this.head);
+    this.queue = [];
+    this.head = 0;
+    for (const p of waiting) p.cb(err, null);
+  }
+}
