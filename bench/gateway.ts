@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SignJWT } from 'jose';
+import { parseAllDocuments } from 'yaml';
 import { freePort, start, waitFor200 } from './procs.js';
 
 /**
@@ -17,6 +18,22 @@ export interface Gateway {
   port: number;
   /** The gateway's stdout: its access log. */
   log: string;
+}
+
+/**
+ * The node flags the gateway is deployed with (NODE_OPTIONS of the Deployment in
+ * `deploy/kubernetes/deployment.yaml`, which the Dockerfile repeats): the benchmark measures the
+ * gateway as it runs in production. Read from the measured build's own checkout.
+ */
+export async function deployedNodeOptions(root: string): Promise<string> {
+  const text = await readFile(join(root, 'deploy', 'kubernetes', 'deployment.yaml'), 'utf8').catch(() => '');
+  for (const doc of parseAllDocuments(text)) {
+    const d = doc.toJS() as { kind?: string; spec?: { template?: { spec?: { containers?: Array<{ env?: Array<{ name: string; value?: string }> }> } } } } | null;
+    if (d?.kind !== 'Deployment') continue;
+    const value = d.spec?.template?.spec?.containers?.[0]?.env?.find((e) => e.name === 'NODE_OPTIONS')?.value;
+    if (value !== undefined) return value;
+  }
+  return '';
 }
 
 export interface GatewayOptions {
@@ -62,6 +79,7 @@ routes:
     // Only what the gateway needs: a stray variable in the caller's shell must not change the setup.
     env: {
       PATH: process.env.PATH,
+      NODE_OPTIONS: await deployedNodeOptions(root),
       PORT: String(port),
       HOST: '127.0.0.1',
       JWT_SECRET: secret,

@@ -181,4 +181,11 @@ describe('deploy/Dockerfile', () => {
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { main: string };
     assert.equal(pkg.main, 'dist/src/main.js');
   });
+
+  it('runs node with the same flags as the Kubernetes deployment (what the benchmark measures)', () => {
+    const env = find('Deployment', 'api-gateway').spec.template.spec.containers[0].env as Array<{ name: string; value?: string }>;
+    const manifest = env.find((e) => e.name === 'NODE_OPTIONS')?.value;
+    assert.match(manifest ?? '', /--max-semi-space-size=\d+/);
+    assert.ok(dockerfile.includes(`NODE_OPTIONS="${manifest}"`), `the Dockerfile sets NODE_OPTIONS="${manifest}"`);
+  });
 });
