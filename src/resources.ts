@@ -140,18 +140,19 @@ function openStores(
   timeoutMs: number,
   logger: Logger,
 ): { redis: Redis | null; pipe: RespPipe | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
-  const redis = url ? createRedisClient(url, timeoutMs, logger) : null;
-  // The request path's script call on its own lean connection; a reply this late means a stuck server.
-  const pipe = url ? new RespPipe(targetOf(url), {
-        connectTimeoutMs: 1_000,
-        stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
-        onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
-      }) : null;
   const local = new MemoryAccessStore();
-  const accessControl = new AccessControl(redis ? new RedisAccessStore(redis, pipe) : null, local, logger, timeoutMs);
+  if (!url) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
+  const redis = createRedisClient(url, timeoutMs, logger);
+  // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
+  const pipe = new RespPipe(targetOf(url), {
+    connectTimeoutMs: 1_000,
+    stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
+    onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
+  });
+  const accessControl = new AccessControl(new RedisAccessStore(redis, pipe), local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
-  const subscriber = url ? createRedisClient(url, timeoutMs, logger) : null;
-  if (subscriber !== null) accessControl.listen(subscriber);
+  const subscriber = createRedisClient(url, timeoutMs, logger);
+  accessControl.listen(subscriber);
   return { redis, pipe, subscriber, local, accessControl };
 }
 

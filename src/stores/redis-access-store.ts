@@ -84,8 +84,6 @@ const ACCESS_SCRIPT = script(ACCESS);
 
 type Reply = [number, number?, number?, number?, (string | null)?];
 type Scripted = {
-  gatewayCount(key: string, interval: string, window: string, mode: CountMode): Promise<Reply>;
-  gatewayAccess(rate: string, jti: string, user: string, session: string, interval: string, window: string, hasJti: string, iat: string, hasSession: string): Promise<Reply>;
   gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number>;
   gatewayIsRevoked(jti: string, user: string, hasJti: string, iat: string): Promise<number>;
 };
@@ -95,23 +93,21 @@ function decisionOf(reply: Reply, limit: number): RateLimitDecision {
 }
 
 /**
- * The shared store of every replica. Each request costs one script call; commands issued in the
- * same tick share one pipeline (ioredis auto-pipelining). All keys of one request are read by one
+ * The shared store of every replica. Each request costs one script call; the calls of one
+ * event-loop turn share one write (resp-pipe.ts). All keys of one request are read by one
  * script, so a Redis Cluster deployment needs them on one shard (one primary, or hash tags).
  */
 export class RedisAccessStore implements SharedAccessStore {
   private readonly redis: Redis & Scripted;
 
   /**
-   * `pipe`, when given, carries the per-request script call (resp-pipe.ts: a fraction of the
-   * client-side cost of the same call through ioredis); everything else goes through `redis`.
+   * `pipe` carries the counting scripts, which run on every request (resp-pipe.ts: a fraction of
+   * the client-side cost of the same call through ioredis); `redis` carries the rest.
    */
   constructor(
     redis: Redis,
-    private readonly pipe: RespPipe | null = null,
+    private readonly pipe: RespPipe,
   ) {
-    redis.defineCommand('gatewayCount', { numberOfKeys: 1, lua: COUNT });
-    redis.defineCommand('gatewayAccess', { numberOfKeys: 4, lua: ACCESS });
     redis.defineCommand('gatewayRevokeUser', { numberOfKeys: 1, lua: REVOKE_USER });
     redis.defineCommand('gatewayIsRevoked', { numberOfKeys: 2, lua: IS_REVOKED });
     this.redis = redis as Redis & Scripted;
@@ -121,14 +117,15 @@ export class RedisAccessStore implements SharedAccessStore {
     const interval = String(q.windowMs / q.limit);
     const window = String(q.windowMs);
     const token = q.token;
-    const pipe = this.pipe;
     if (token === null) {
-      const counted = pipe !== null ? ((await pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, 'take'])) as Reply) : await this.redis.gatewayCount(q.rateKey, interval, window, 'take');
+      const counted = (await this.pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, 'take'])) as Reply;
       return { revoked: false, sessionUser: null, decision: decisionOf(counted, q.limit) };
     }
-    const keyList = [q.rateKey, keys.revokedToken(token.tokenId ?? ''), keys.revokedUser(token.userId), keys.session(token.sessionId ?? '')];
-    const args = [interval, window, token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '', token.sessionId !== null ? '1' : '0'];
-    const reply = pipe !== null ? ((await pipe.run(ACCESS_SCRIPT, keyList, args)) as Reply) : await this.redis.gatewayAccess(...(keyList as [string, string, string, string]), ...(args as [string, string, string, string, string]));
+    const reply = (await this.pipe.run(
+      ACCESS_SCRIPT,
+      [q.rateKey, keys.revokedToken(token.tokenId ?? ''), keys.revokedUser(token.userId), keys.session(token.sessionId ?? '')],
+      [interval, window, token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '', token.sessionId !== null ? '1' : '0'],
+    )) as Reply;
     if (reply[0] === 2) return REVOKED;
     return { revoked: false, sessionUser: reply[4] ?? null, decision: decisionOf(reply, q.limit) };
   }
@@ -144,7 +141,7 @@ export class RedisAccessStore implements SharedAccessStore {
   }
 
   async count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision> {
-    return decisionOf(await this.redis.gatewayCount(key, String(windowMs / limit), String(windowMs), mode), limit);
+    return decisionOf((await this.pipe.run(COUNT_SCRIPT, [key], [String(windowMs / limit), String(windowMs), mode])) as Reply, limit);
   }
 
   /** Stores the revocation, then announces it so that every replica's fallback mirrors it. */

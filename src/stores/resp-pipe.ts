@@ -226,7 +226,7 @@ export class RespPipe {
   }
 
   private receive(d: Buffer): void {
-    let b = this.rest === null ? d : Buffer.concat([this.rest, d]);
+    const b = this.rest === null ? d : Buffer.concat([this.rest, d]);
     let i = 0;
     try {
       for (;;) {
@@ -240,8 +240,7 @@ export class RespPipe {
       this.socket?.destroy();
       return;
     }
-    b = i >= b.length ? Buffer.alloc(0) : b.subarray(i);
-    this.rest = b.length === 0 ? null : b;
+    this.rest = i >= b.length ? null : b.subarray(i);
   }
 
   private answer(reply: RespValue): void {
