@@ -69,7 +69,10 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
     jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
   });
   const upstreams = new UpstreamRegistry(logger, undefined, upstreamCa);
-  const { redis, pipe, subscriber, local, accessControl } = openStores(env.REDIS_URL, env.REDIS_COMMAND_TIMEOUT_MS, logger);
+  const redisCa = env.REDIS_CA_FILE === undefined ? undefined : await readFile(env.REDIS_CA_FILE).catch((err: NodeJS.ErrnoException) => {
+    throw new ConfigError([`REDIS_CA_FILE: cannot read "${env.REDIS_CA_FILE}" (${err.code ?? 'error'})`]);
+  });
+  const { redis, pipe, subscriber, local, accessControl } = openStores(env.REDIS_URL, redisCa, env.REDIS_COMMAND_TIMEOUT_MS, logger);
   const audit = env.AUDIT_ENABLED ? await openAudit(config, upstreamCa, logger) : null;
   const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
   const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
@@ -137,21 +140,22 @@ function openHealth(
 /** Redis when REDIS_URL is set, with the in-process store as its fallback; the in-process store alone otherwise. */
 function openStores(
   url: string | undefined,
+  ca: Buffer | undefined,
   timeoutMs: number,
   logger: Logger,
 ): { redis: Redis | null; pipe: RespPipe | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const local = new MemoryAccessStore();
   if (!url) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
-  const redis = createRedisClient(url, timeoutMs, logger);
+  const redis = createRedisClient(url, timeoutMs, logger, ca);
   // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
-  const pipe = new RespPipe(targetOf(url), {
+  const pipe = new RespPipe(targetOf(url, ca), {
     connectTimeoutMs: 1_000,
     stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
     onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
   });
   const accessControl = new AccessControl(new RedisAccessStore(redis, pipe), local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
-  const subscriber = createRedisClient(url, timeoutMs, logger);
+  const subscriber = createRedisClient(url, timeoutMs, logger, ca);
   accessControl.listen(subscriber);
   return { redis, pipe, subscriber, local, accessControl };
 }

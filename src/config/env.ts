@@ -71,6 +71,8 @@ export const envSchema = z
       .refine((v) => /^rediss?:\/\/.+/.test(v), 'must be a redis:// or rediss:// URL such as redis://redis:6379')
       .optional(),
     REDIS_COMMAND_TIMEOUT_MS: int(5, 10_000, 'milliseconds a Redis command may hold a request').default(100),
+    /** PEM bundle of the CAs that sign a rediss:// server's certificate (else the system's). */
+    REDIS_CA_FILE: z.string().trim().min(1).optional(),
     ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
     /** Reload the routes file when it changes on disk (SIGHUP reloads it either way). */
     ROUTES_WATCH: bool.default(true),

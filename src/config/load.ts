@@ -158,6 +158,11 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
       'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas',
     ]);
   }
+  if (env.REDIS_CA_FILE !== undefined && !env.REDIS_URL?.startsWith('rediss://')) {
+    throw new ConfigError([
+      'REDIS_CA_FILE: is set but REDIS_URL is not a rediss:// URL; use rediss://host:port for TLS to Redis, or unset REDIS_CA_FILE',
+    ]);
+  }
   if (env.WORKERS > 1 && !env.REDIS_URL) {
     throw new ConfigError([
       `WORKERS: ${env.WORKERS} worker processes need REDIS_URL, so that limits, revocations and sessions are shared by all of them; set REDIS_URL or WORKERS=1`,

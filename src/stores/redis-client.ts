@@ -6,8 +6,10 @@ import type { Logger } from '../observability/logger.js';
  * away a command fails at once instead of holding a request, and nothing piles up. Commands
  * issued in the same tick travel in one pipeline (auto-pipelining).
  */
-export function createRedisClient(url: string, commandTimeoutMs: number, logger: Logger): Redis {
+export function createRedisClient(url: string, commandTimeoutMs: number, logger: Logger, ca?: Buffer): Redis {
   const redis = new Redis(url, {
+    // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
+    ...(url.startsWith('rediss://') ? { tls: ca === undefined ? {} : { ca } } : undefined),
     lazyConnect: true,
     enableOfflineQueue: false,
     enableAutoPipelining: true,

@@ -1,4 +1,4 @@
-import { connect as connectTcp, type Socket } from 'node:net';
+import { connect as connectTcp, isIP, type Socket } from 'node:net';
 import { connect as connectTls, type ConnectionOptions } from 'node:tls';
 
 /** A RESP2 reply: the shapes the gateway's scripts return. */
@@ -20,10 +20,12 @@ export function targetOf(url: string, ca?: Buffer): RespTarget {
   const u = new URL(url);
   const secure = u.protocol === 'rediss:';
   const db = Number(u.pathname.replace(/^\//, '') || '0');
+  const host = u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1';
   return {
-    host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1',
+    host,
     port: Number(u.port || 6379),
-    tls: secure ? { servername: u.hostname, ...(ca === undefined ? {} : { ca }) } : null,
+    // SNI carries host names only; an address is checked against the certificate's IP entries.
+    tls: secure ? { ...(isIP(host) === 0 ? { servername: host } : {}), ...(ca === undefined ? {} : { ca }) } : null,
     username: u.username === '' ? null : decodeURIComponent(u.username),
     password: u.password === '' ? null : decodeURIComponent(u.password),
     db: Number.isInteger(db) ? db : 0,

@@ -17,9 +17,11 @@ export interface TestRedis {
 /** A real redis-server on a free loopback port, with nothing kept on disk. */
 export async function startRedis(extraArgs: readonly string[] = []): Promise<TestRedis> {
   const port = await freePort();
+  // `{port}` in an argument stands for the port picked here (for `--tls-port {port}`).
+  const args = extraArgs.map((a) => a.replace('{port}', String(port)));
   let child: ChildProcess | null = null;
   const start = async () => {
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...extraArgs], {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...args], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     child = proc;
