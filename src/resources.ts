@@ -15,7 +15,8 @@ import { AccessControl } from './stores/failover-access-store.js';
 import { MemoryAccessStore } from './stores/memory-access-store.js';
 import { RedisAccessStore } from './stores/redis-access-store.js';
 import { createRedisClient } from './stores/redis-client.js';
-import { RespPipe, targetOf } from './stores/resp-pipe.js';
+import { pipeTarget, redisConnectionOf, type RedisConnection } from './stores/redis-connection.js';
+import { RespPipe } from './stores/resp-pipe.js';
 import { readTlsMaterial, type TlsMaterial } from './tls.js';
 import { UpstreamPools } from './upstream/pools.js';
 import { UpstreamRegistry } from './upstream/registry.js';
@@ -72,7 +73,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
   const redisCa = env.REDIS_CA_FILE === undefined ? undefined : await readFile(env.REDIS_CA_FILE).catch((err: NodeJS.ErrnoException) => {
     throw new ConfigError([`REDIS_CA_FILE: cannot read "${env.REDIS_CA_FILE}" (${err.code ?? 'error'})`]);
   });
-  const { redis, pipe, subscriber, local, accessControl } = openStores(env.REDIS_URL, redisCa, env.REDIS_COMMAND_TIMEOUT_MS, logger);
+  const { redis, pipe, subscriber, local, accessControl } = openStores(redisConnectionOf(env, redisCa), env.REDIS_COMMAND_TIMEOUT_MS, logger);
   const audit = env.AUDIT_ENABLED ? await openAudit(config, upstreamCa, logger) : null;
   const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
   const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
@@ -137,25 +138,24 @@ function openHealth(
   });
 }
 
-/** Redis when REDIS_URL is set, with the in-process store as its fallback; the in-process store alone otherwise. */
+/** Redis when REDIS_URL or REDIS_SENTINELS is set, with the in-process store as its fallback; the in-process store alone otherwise. */
 function openStores(
-  url: string | undefined,
-  ca: Buffer | undefined,
+  connection: RedisConnection | null,
   timeoutMs: number,
   logger: Logger,
 ): { redis: Redis | null; pipe: RespPipe | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const local = new MemoryAccessStore();
-  if (!url) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
-  const redis = createRedisClient(url, timeoutMs, logger, ca);
+  if (connection === null) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
+  const redis = createRedisClient(connection, timeoutMs, logger);
   // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
-  const pipe = new RespPipe(targetOf(url, ca), {
+  const pipe = new RespPipe(pipeTarget(connection, 1_000), {
     connectTimeoutMs: 1_000,
     stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
     onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
   });
   const accessControl = new AccessControl(new RedisAccessStore(redis, pipe), local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
-  const subscriber = createRedisClient(url, timeoutMs, logger, ca);
+  const subscriber = createRedisClient(connection, timeoutMs, logger);
   accessControl.listen(subscriber);
   return { redis, pipe, subscriber, local, accessControl };
 }

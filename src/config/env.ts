@@ -73,6 +73,20 @@ export const envSchema = z
     REDIS_COMMAND_TIMEOUT_MS: int(5, 10_000, 'milliseconds a Redis command may hold a request').default(100),
     /** PEM bundle of the CAs that sign a rediss:// server's certificate (else the system's). */
     REDIS_CA_FILE: z.string().trim().min(1).optional(),
+    /** Redis Sentinel instead of REDIS_URL: the sentinels, and the name of the primary they watch. */
+    REDIS_SENTINELS: z
+      .string()
+      .trim()
+      .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s !== ''))
+      .pipe(
+        z
+          .array(z.string().regex(/^[^\s:,]+:\d{1,5}$/, 'must list sentinels as host:port, comma-separated, such as redis-sentinel-0:26379,redis-sentinel-1:26379'))
+          .min(1, 'must list at least one sentinel as host:port'),
+      )
+      .optional(),
+    REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
+    /** The password of the Redis primaries and replicas when they are found through Sentinel. */
+    REDIS_PASSWORD: z.string().min(1).optional(),
     ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
     /** Reload the routes file when it changes on disk (SIGHUP reloads it either way). */
     ROUTES_WATCH: bool.default(true),
@@ -179,7 +193,7 @@ export const envSchema = z
 export type Env = z.output<typeof envSchema>;
 
 /** Variables that hold secrets: their values never appear in an error message. */
-const SECRET_VARS = new Set(['JWT_SECRET', 'JWT_PREVIOUS_SECRET', 'REDIS_URL']);
+const SECRET_VARS = new Set(['JWT_SECRET', 'JWT_PREVIOUS_SECRET', 'REDIS_URL', 'REDIS_PASSWORD']);
 
 export function parseEnv(source: NodeJS.ProcessEnv): { env: Env } | { errors: string[] } {
   const input: Record<string, string> = {};

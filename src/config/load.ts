@@ -153,9 +153,16 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
   const parsed = parseEnv(source);
   if ('errors' in parsed) throw new ConfigError(parsed.errors);
   const { env } = parsed;
-  if (env.NODE_ENV === 'production' && !env.REDIS_URL) {
+  if (env.REDIS_URL !== undefined && env.REDIS_SENTINELS !== undefined) {
+    throw new ConfigError(['REDIS_SENTINELS: is set together with REDIS_URL; set one: REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for Sentinel']);
+  }
+  if (env.REDIS_SENTINELS !== undefined && env.REDIS_SENTINEL_NAME === undefined) {
+    throw new ConfigError(['REDIS_SENTINEL_NAME: is required with REDIS_SENTINELS: the name the sentinels monitor the primary under (sentinel monitor <name> ...)']);
+  }
+  const sharedStore = env.REDIS_URL !== undefined || env.REDIS_SENTINELS !== undefined;
+  if (env.NODE_ENV === 'production' && !sharedStore) {
     throw new ConfigError([
-      'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas',
+      'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas (or REDIS_SENTINELS with REDIS_SENTINEL_NAME)',
     ]);
   }
   if (env.REDIS_CA_FILE !== undefined && !env.REDIS_URL?.startsWith('rediss://')) {
@@ -163,7 +170,7 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
       'REDIS_CA_FILE: is set but REDIS_URL is not a rediss:// URL; use rediss://host:port for TLS to Redis, or unset REDIS_CA_FILE',
     ]);
   }
-  if (env.WORKERS > 1 && !env.REDIS_URL) {
+  if (env.WORKERS > 1 && !sharedStore) {
     throw new ConfigError([
       `WORKERS: ${env.WORKERS} worker processes need REDIS_URL, so that limits, revocations and sessions are shared by all of them; set REDIS_URL or WORKERS=1`,
     ]);

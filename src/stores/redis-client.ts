@@ -1,4 +1,5 @@
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { RedisConnection } from './redis-connection.js';
 import type { Logger } from '../observability/logger.js';
 
 /**
@@ -6,10 +7,8 @@ import type { Logger } from '../observability/logger.js';
  * away a command fails at once instead of holding a request, and nothing piles up. Commands
  * issued in the same tick travel in one pipeline (auto-pipelining).
  */
-export function createRedisClient(url: string, commandTimeoutMs: number, logger: Logger, ca?: Buffer): Redis {
-  const redis = new Redis(url, {
-    // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
-    ...(url.startsWith('rediss://') ? { tls: ca === undefined ? {} : { ca } } : undefined),
+export function createRedisClient(connection: RedisConnection, commandTimeoutMs: number, logger: Logger): Redis {
+  const options: RedisOptions = {
     lazyConnect: true,
     enableOfflineQueue: false,
     enableAutoPipelining: true,
@@ -17,7 +16,23 @@ export function createRedisClient(url: string, commandTimeoutMs: number, logger:
     commandTimeout: commandTimeoutMs,
     connectTimeout: 1_000,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
-  });
+  };
+  const redis =
+    connection.kind === 'url'
+      ? new Redis(connection.url, {
+          ...options,
+          // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
+          ...(connection.url.startsWith('rediss://') ? { tls: connection.ca === undefined ? {} : { ca: connection.ca } } : undefined),
+        })
+      : new Redis({
+          ...options,
+          sentinels: connection.sentinels.map((s) => ({ host: s.host, port: s.port })),
+          name: connection.name,
+          ...(connection.password === null ? undefined : { password: connection.password }),
+          // Told of a failover by the sentinels at once, rather than when the old primary stops answering.
+          failoverDetector: true,
+          sentinelRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+        });
   let up = false;
   redis.on('ready', () => {
     up = true;

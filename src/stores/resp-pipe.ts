@@ -126,8 +126,16 @@ export class RespPipe {
   private readonly flush = () => this.write();
   private readyWaiters: Array<() => void> = [];
 
+  /** Where the live connection goes: the target, or what the resolver said last. */
+  private current: RespTarget | null = null;
+
+  /**
+   * `target` is fixed (REDIS_URL), or found anew before every connection (the primary a Sentinel
+   * names): then the server must also say it is a primary (ROLE) before any script is sent, and
+   * a READONLY answer (a primary demoted under us) drops the connection to find the new one.
+   */
   constructor(
-    private readonly target: RespTarget,
+    private readonly target: RespTarget | (() => Promise<RespTarget>),
     private readonly options: RespPipeOptions,
   ) {
     this.maxPending = options.maxPending ?? 10_000;
@@ -188,7 +196,20 @@ export class RespPipe {
   }
 
   private open(): void {
-    const t = this.target;
+    if (typeof this.target !== 'function') return this.connect(this.target);
+    this.target().then(
+      (t) => {
+        if (!this.closed) this.connect(t);
+      },
+      (err: Error) => {
+        this.options.onProblem?.(`cannot find the redis primary: ${err.message}`);
+        this.retryLater();
+      },
+    );
+  }
+
+  private connect(t: RespTarget): void {
+    this.current = t;
     const socket = t.tls === null ? connectTcp({ host: t.host, port: t.port }) : connectTls({ host: t.host, port: t.port, ...t.tls });
     this.socket = socket;
     socket.setNoDelay(true);
@@ -202,17 +223,25 @@ export class RespPipe {
 
   /** AUTH and SELECT when the URL asks for them, and a PING: ready once all three answered. */
   private handshake(socket: Socket): void {
+    const t = this.current!;
     const steps: string[] = [];
-    if (this.target.password !== null) {
-      steps.push(this.target.username === null ? `*2${CRLF}${bulk('AUTH')}${bulk(this.target.password)}` : `*3${CRLF}${bulk('AUTH')}${bulk(this.target.username)}${bulk(this.target.password)}`);
+    if (t.password !== null) {
+      steps.push(t.username === null ? `*2${CRLF}${bulk('AUTH')}${bulk(t.password)}` : `*3${CRLF}${bulk('AUTH')}${bulk(t.username)}${bulk(t.password)}`);
     }
-    if (this.target.db !== 0) steps.push(`*2${CRLF}${bulk('SELECT')}${bulk(String(this.target.db))}`);
-    steps.push(`*1${CRLF}${bulk('PING')}`);
+    if (t.db !== 0) steps.push(`*2${CRLF}${bulk('SELECT')}${bulk(String(t.db))}`);
+    // A primary found through Sentinel must still be one when we reach it.
+    const checkRole = typeof this.target === 'function';
+    steps.push(checkRole ? `*1${CRLF}${bulk('ROLE')}` : `*1${CRLF}${bulk('PING')}`);
     let left = steps.length;
-    const step: Callback = (err) => {
+    const step: Callback = (err, reply) => {
       if (socket !== this.socket) return;
       if (err !== null) {
         if (err instanceof RespError) this.options.onProblem?.(`redis refused the connection: ${err.message}`);
+        socket.destroy();
+        return;
+      }
+      if (checkRole && left === 1 && !(Array.isArray(reply) && reply[0] === 'master')) {
+        this.options.onProblem?.(`${t.host}:${t.port} is not a primary (any more); asking the sentinels again`);
         socket.destroy();
         return;
       }
@@ -261,6 +290,8 @@ export class RespPipe {
         return;
       }
       p.cb(reply, null);
+      // A primary demoted to a replica: its connection is of no use any more.
+      if (reply.message.startsWith('READONLY')) this.socket?.destroy();
       return;
     }
     p.cb(null, reply);
@@ -280,6 +311,10 @@ export class RespPipe {
     this.rest = null;
     this.out = '';
     this.failAll(new Error('the connection to redis was lost'));
+    this.retryLater();
+  }
+
+  private retryLater(): void {
     if (this.closed) return;
     this.reconnectMs = Math.min(2_000, this.reconnectMs + 200);
     this.reconnectTimer = setTimeout(() => {
@@ -295,4 +330,32 @@ export class RespPipe {
     this.head = 0;
     for (const p of waiting) p.cb(err, null);
   }
+}
+
+/**
+ * One command on a short-lived connection (a question to a sentinel): its reply, or an error
+ * after `timeoutMs`.
+ */
+export function askOnce(host: string, port: number, args: readonly string[], timeoutMs: number): Promise<RespValue> {
+  return new Promise((resolve, reject) => {
+    const socket = connectTcp({ host, port });
+    let data: Buffer | null = null;
+    const done = (err: Error | null, value?: RespValue) => {
+      socket.destroy();
+      if (err !== null) reject(err);
+      else resolve(value ?? null);
+    };
+    socket.setTimeout(timeoutMs, () => done(new Error(`no answer from ${host}:${port} within ${timeoutMs} ms`)));
+    socket.once('error', (err) => done(err));
+    socket.once('connect', () => socket.write(`*${args.length}${CRLF}${args.map(bulk).join('')}`));
+    socket.on('data', (d: Buffer) => {
+      data = data === null ? d : Buffer.concat([data, d]);
+      try {
+        const r = parse(data, 0);
+        if (r !== null) done(r[0] instanceof RespError ? r[0] : null, r[0]);
+      } catch (err) {
+        done(err as Error);
+      }
+    });
+  });
 }
