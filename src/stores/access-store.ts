@@ -53,6 +53,8 @@ export interface SharedAccessStore {
   /** Recorded for every replica, and announced to them. */
   revoke(r: Revocation): Promise<void>;
   cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
+  /** Every revocation in force (for a replica whose mirror may have missed announcements). */
+  revocations(): Promise<Revocation[]>;
 }
 
 /**

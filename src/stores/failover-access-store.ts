@@ -8,6 +8,9 @@ import type { RateLimitDecision } from './rate-limit-store.js';
 /** The shared store is down and the request's route fails closed. */
 export const UNAVAILABLE = null;
 
+const RESYNC_ATTEMPTS = 20;
+const RESYNC_PAUSE_MS = 500;
+
 /** The shared store did not answer within REDIS_COMMAND_TIMEOUT_MS. */
 class StoreTimeout extends Error {}
 
@@ -64,12 +67,38 @@ export class AccessControl {
       const r = parseRevocation(message);
       if (r !== null) this.local.apply(r);
     });
-    // Subscribed once connected; ioredis subscribes again by itself after a reconnect.
-    subscriber.once('ready', () => {
-      subscriber.subscribe(REVOCATION_CHANNEL).catch((err: unknown) => {
-        this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements');
-      });
+    // Subscribed once connected (ioredis subscribes again by itself after a reconnect). After a
+    // reconnect, announcements made while it was away are lost: the mirror is filled again from
+    // the revocation keys themselves, once the subscription is back (nothing falls in between).
+    let connections = 0;
+    subscriber.on('ready', () => {
+      const reconnected = ++connections > 1;
+      const subscribed = reconnected ? Promise.resolve() : subscriber.subscribe(REVOCATION_CHANNEL).then(() => undefined);
+      subscribed.then(
+        () => (reconnected ? this.resync() : undefined),
+        (err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements'),
+      );
     });
+  }
+
+  /** Applies every revocation in force to the mirror (after the subscriber missed some). */
+  private async resync(): Promise<void> {
+    if (this.shared === null) return;
+    // The subscriber may be back before the connection that reads the keys (after a failover).
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const all = await this.shared.revocations();
+        for (const r of all) this.local.apply(r);
+        this.logger.info({ revocations: all.length }, 'revocation mirror resynced after a reconnect');
+        return;
+      } catch (err) {
+        if (attempt === RESYNC_ATTEMPTS) {
+          this.logger.warn({ cause: (err as Error).message }, 'cannot resync the revocation mirror; announcements from now on are heard');
+          return;
+        }
+        await new Promise((resolve) => setTimeout(resolve, RESYNC_PAUSE_MS));
+      }
+    }
   }
 
   /** True while decisions come from the per-process fallback. */

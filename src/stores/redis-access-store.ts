@@ -152,9 +152,37 @@ export class RedisAccessStore implements SharedAccessStore {
     await this.redis.publish(REVOCATION_CHANNEL, JSON.stringify(r));
   }
 
+  /** The revocation keys, read with SCAN (never blocking Redis), with what is left of their lifetime. */
+  async revocations(): Promise<Revocation[]> {
+    const out: Revocation[] = [];
+    let cursor = '0';
+    do {
+      const [next, found] = await this.redis.scan(cursor, 'MATCH', 'revoked:*', 'COUNT', 1000);
+      cursor = next;
+      if (found.length === 0) continue;
+      const batch = this.redis.pipeline();
+      for (const key of found) batch.get(key).pttl(key);
+      const replies = (await batch.exec()) ?? [];
+      found.forEach((key, i) => {
+        const value = replies[2 * i]?.[1] as string | null;
+        const ttlMs = replies[2 * i + 1]?.[1] as number;
+        if (value === null || ttlMs <= 0) return;
+        const ttlSeconds = Math.ceil(ttlMs / 1000);
+        if (key.startsWith('revoked:jti:')) out.push({ kind: 'token', tokenId: unescapeKeyPart(key.slice('revoked:jti:'.length)), ttlSeconds });
+        else if (key.startsWith('revoked:user:')) out.push({ kind: 'user', userId: unescapeKeyPart(key.slice('revoked:user:'.length)), before: Number(value), ttlSeconds });
+      });
+    } while (cursor !== '0');
+    return out;
+  }
+
   async cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void> {
     await this.redis.set(keys.session(sessionId), userId, 'EX', Math.max(1, Math.ceil(ttlSeconds)));
   }
+}
+
+/** The inverse of keyPart (access-store.ts). */
+function unescapeKeyPart(part: string): string {
+  return part.includes('%') ? part.replace(/%3A/g, ':').replace(/%25/g, '%') : part;
 }
 
 /** Parses an announcement from another replica; anything malformed is ignored. */

@@ -16,6 +16,9 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
     commandTimeout: commandTimeoutMs,
     connectTimeout: 1_000,
     retryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+    // A primary demoted under this connection answers writes with READONLY: connect again (through
+    // the sentinels, to the new primary).
+    reconnectOnError: (err) => err.message.startsWith('READONLY'),
   };
   const redis =
     connection.kind === 'url'

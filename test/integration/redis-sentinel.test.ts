@@ -61,12 +61,18 @@ describe('REDIS_SENTINELS: a failover under traffic', () => {
 
   /** A revocation refused while Redis cannot take it (503) is retried, as its caller is told to. */
   async function revoke(via: TestGateway, token: string): Promise<void> {
-    await until('the revocation accepted', 10_000, async () => {
-      const res = await send(`${via.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti } });
-      if (res.statusCode === 503) return undefined;
-      assert.ok(res.statusCode < 300, `revocation: ${res.statusCode} ${res.text}`);
-      return true;
-    }, 100);
+    try {
+      await until('the revocation accepted', 20_000, async () => {
+        const res = await send(`${via.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti } });
+        if (res.statusCode === 503) return undefined;
+        assert.ok(res.statusCode < 300, `revocation: ${res.statusCode} ${res.text}`);
+        return true;
+      }, 100);
+    } catch (err) {
+      // What the gateway said of its Redis connections meanwhile.
+      const lines = via.logs.filter((l) => /redis|revocation/i.test(String(l.message))).map((l) => `${String(l.timestamp)} ${String(l.message)} ${String(l.cause ?? l.problem ?? '')}`);
+      throw new Error(`${(err as Error).message}; the gateway's redis log lines: ${JSON.stringify(lines)}`);
+    }
   }
 
   async function refusedOnBoth(token: string, what: string): Promise<void> {
