@@ -96,7 +96,8 @@ export class AccessControl {
           this.logger.warn({ cause: (err as Error).message }, 'cannot resync the revocation mirror; announcements from now on are heard');
           return;
         }
-        await new Promise((resolve) => setTimeout(resolve, RESYNC_PAUSE_MS));
+        // Unref'd: a gateway shutting down while Redis is away does not wait for these retries.
+        await new Promise((resolve) => setTimeout(resolve, RESYNC_PAUSE_MS).unref());
       }
     }
   }
