@@ -32,8 +32,9 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
           sentinels: connection.sentinels.map((s) => ({ host: s.host, port: s.port })),
           name: connection.name,
           ...(connection.password === null ? undefined : { password: connection.password }),
-          // Told of a failover by the sentinels at once, rather than when the old primary stops answering.
-          failoverDetector: true,
+          // No failoverDetector: its disconnect on +switch-master, landing while the client was
+          // already reconnecting, left the client closed for good (seen in CI); a lost primary is
+          // found again through the sentinels on the ordinary reconnect.
           sentinelRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
         });
   let up = false;
