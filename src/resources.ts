@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { AuditTrail } from './audit/audit-trail.js';
 import { JwtVerifier } from './auth/jwt.js';
 import { SessionValidator } from './auth/sessions.js';
@@ -15,6 +15,7 @@ import { AccessControl } from './stores/failover-access-store.js';
 import { MemoryAccessStore } from './stores/memory-access-store.js';
 import { RedisAccessStore } from './stores/redis-access-store.js';
 import { createRedisClient } from './stores/redis-client.js';
+import { ClusterPipe } from './stores/cluster-pipe.js';
 import { pipeTarget, redisConnectionOf, type RedisConnection } from './stores/redis-connection.js';
 import { RespPipe } from './stores/resp-pipe.js';
 import { readTlsMaterial, type TlsMaterial } from './tls.js';
@@ -82,7 +83,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
   const authService = pools.get(new URL(env.AUTH_SERVICE_URL).origin, { connectTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS, maxConnections: 64, ca: upstreamCa });
   const serviceCounts = () => upstreams.list().map((svc) => ({ name: svc.name, ...svc.counts(performance.now()) }));
   const auditState = () => (audit === null ? null : { problem: audit.problem, failing: audit.failing, backlogBytes: audit.backlogBytes });
-  const health = openHealth(config, { redis, accessControl, metrics, memoryLimitBytes, isShuttingDown, serviceCounts, auditState }, logger);
+  const health = openHealth(config, { redis, pipe, accessControl, metrics, memoryLimitBytes, isShuttingDown, serviceCounts, auditState }, logger);
   // The dependency gauges (and their alert) stay current even when nothing probes /health.
   const healthRefresh = metrics === null ? null : setInterval(() => void health.report().catch(() => undefined), HEALTH_REFRESH_MS);
   healthRefresh?.unref();
@@ -114,7 +115,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
 /** The spec's health logic over the gateway's dependencies; its reports keep the dependency gauges current. */
 function openHealth(
   config: GatewayConfig,
-  d: { redis: Redis | null; accessControl: AccessControl; metrics: Metrics | null; memoryLimitBytes: number; isShuttingDown: () => boolean } & Pick<Resources, 'serviceCounts' | 'auditState'>,
+  d: { redis: Redis | Cluster | null; pipe: RespPipe | ClusterPipe | null; accessControl: AccessControl; metrics: Metrics | null; memoryLimitBytes: number; isShuttingDown: () => boolean } & Pick<Resources, 'serviceCounts' | 'auditState'>,
   logger: Logger,
 ): HealthMonitor {
   const { env } = config;
@@ -122,6 +123,7 @@ function openHealth(
     version: VERSION,
     authServiceUrl: env.AUTH_SERVICE_URL,
     redisPing: d.redis ? () => d.redis!.ping() : null,
+    redisState: () => d.pipe?.state() ?? null,
     sharedStoreDegraded: () => d.accessControl.degraded,
     probeSharedStore: () => d.accessControl.probe(),
     cacheMs: env.HEALTH_CACHE_MS,
@@ -138,21 +140,28 @@ function openHealth(
   });
 }
 
-/** Redis when REDIS_URL or REDIS_SENTINELS is set, with the in-process store as its fallback; the in-process store alone otherwise. */
+/**
+ * Redis when REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES is set, with the in-process store
+ * as its fallback; the in-process store alone otherwise.
+ */
 function openStores(
   connection: RedisConnection | null,
   timeoutMs: number,
   logger: Logger,
-): { redis: Redis | null; pipe: RespPipe | null; subscriber: Redis | null; local: MemoryAccessStore; accessControl: AccessControl } {
+): { redis: Redis | Cluster | null; pipe: RespPipe | ClusterPipe | null; subscriber: Redis | Cluster | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const local = new MemoryAccessStore();
   if (connection === null) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
   const redis = createRedisClient(connection, timeoutMs, logger);
   // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
-  const pipe = new RespPipe(pipeTarget(connection, 1_000), {
+  const pipeOptions = {
     connectTimeoutMs: 1_000,
     stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
-    onProblem: (problem) => logger.warn({ problem }, 'redis (request path connection)'),
-  });
+    onProblem: (problem: string) => logger.warn({ problem }, 'redis (request path connection)'),
+  };
+  const pipe =
+    connection.kind === 'cluster'
+      ? new ClusterPipe(connection.nodes, { ...pipeOptions, password: connection.password, tls: connection.tls, timeoutMs })
+      : new RespPipe(pipeTarget(connection, 1_000), pipeOptions);
   const accessControl = new AccessControl(new RedisAccessStore(redis, pipe), local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   const subscriber = createRedisClient(connection, timeoutMs, logger);

@@ -85,8 +85,21 @@ export const envSchema = z
       )
       .optional(),
     REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
-    /** The password of the Redis primaries and replicas when they are found through Sentinel. */
+    /** Redis Cluster instead of REDIS_URL: some of its nodes; the others are learned from them. */
+    REDIS_CLUSTER_NODES: z
+      .string()
+      .trim()
+      .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s !== ''))
+      .pipe(
+        z
+          .array(z.string().regex(/^[^\s:,]+:\d{1,5}$/, 'must list cluster nodes as host:port, comma-separated, such as redis-0.redis:6379,redis-1.redis:6379'))
+          .min(1, 'must list at least one cluster node as host:port'),
+      )
+      .optional(),
+    /** The password of the Redis servers found through Sentinel, or of the cluster's nodes. */
     REDIS_PASSWORD: z.string().min(1).optional(),
+    /** TLS to the servers of REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL says it with rediss://). */
+    REDIS_TLS: bool.default(false),
     ROUTES_FILE: z.string().trim().min(1).default('config/routes.yaml'),
     /** Reload the routes file when it changes on disk (SIGHUP reloads it either way). */
     ROUTES_WATCH: bool.default(true),

@@ -153,21 +153,31 @@ export async function loadConfig(source: NodeJS.ProcessEnv): Promise<GatewayConf
   const parsed = parseEnv(source);
   if ('errors' in parsed) throw new ConfigError(parsed.errors);
   const { env } = parsed;
-  if (env.REDIS_URL !== undefined && env.REDIS_SENTINELS !== undefined) {
-    throw new ConfigError(['REDIS_SENTINELS: is set together with REDIS_URL; set one: REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for Sentinel']);
+  const redisChoices = [env.REDIS_URL !== undefined && 'REDIS_URL', env.REDIS_SENTINELS !== undefined && 'REDIS_SENTINELS', env.REDIS_CLUSTER_NODES !== undefined && 'REDIS_CLUSTER_NODES'].filter(
+    (v): v is string => v !== false,
+  );
+  if (redisChoices.length > 1) {
+    throw new ConfigError([
+      `${redisChoices[1]}: is set together with ${redisChoices[0]}; set one: REDIS_URL for one Redis, REDIS_SENTINELS with REDIS_SENTINEL_NAME for Sentinel, REDIS_CLUSTER_NODES for Redis Cluster`,
+    ]);
   }
   if (env.REDIS_SENTINELS !== undefined && env.REDIS_SENTINEL_NAME === undefined) {
     throw new ConfigError(['REDIS_SENTINEL_NAME: is required with REDIS_SENTINELS: the name the sentinels monitor the primary under (sentinel monitor <name> ...)']);
   }
-  const sharedStore = env.REDIS_URL !== undefined || env.REDIS_SENTINELS !== undefined;
+  const sharedStore = redisChoices.length > 0;
   if (env.NODE_ENV === 'production' && !sharedStore) {
     throw new ConfigError([
-      'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas (or REDIS_SENTINELS with REDIS_SENTINEL_NAME)',
+      'REDIS_URL: is required when NODE_ENV=production, so that limits, revocations and sessions hold across replicas (or REDIS_SENTINELS with REDIS_SENTINEL_NAME, or REDIS_CLUSTER_NODES)',
     ]);
   }
-  if (env.REDIS_CA_FILE !== undefined && !env.REDIS_URL?.startsWith('rediss://')) {
+  if (env.REDIS_TLS && env.REDIS_URL !== undefined) {
+    throw new ConfigError(['REDIS_TLS: goes with REDIS_SENTINELS or REDIS_CLUSTER_NODES; with REDIS_URL, write rediss://host:port instead']);
+  }
+  if (env.REDIS_CA_FILE !== undefined && !env.REDIS_URL?.startsWith('rediss://') && !env.REDIS_TLS) {
     throw new ConfigError([
-      'REDIS_CA_FILE: is set but REDIS_URL is not a rediss:// URL; use rediss://host:port for TLS to Redis, or unset REDIS_CA_FILE',
+      env.REDIS_URL !== undefined
+        ? 'REDIS_CA_FILE: is set but REDIS_URL is not a rediss:// URL; use rediss://host:port for TLS to Redis, or unset REDIS_CA_FILE'
+        : 'REDIS_CA_FILE: is set but REDIS_TLS is not true; set REDIS_TLS=true for TLS to Redis, or unset REDIS_CA_FILE',
     ]);
   }
   if (env.WORKERS > 1 && !sharedStore) {

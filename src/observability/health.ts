@@ -13,9 +13,21 @@ export interface HealthReport {
   dependencies: Record<string, Status>;
   /** The audit trail: degraded while its service is unreachable (events wait on disk), unhealthy when events cannot be kept. */
   audit?: { status: Status; detail: string };
+  /**
+   * The shared store's connection: how Redis is deployed, what the gateway is doing with it (a
+   * failover under way, say) and how many primaries serve it. No addresses: those are in `checks`.
+   */
+  redis?: { mode: string; state: string; primaries: number };
   /** Each upstream service: instances in rotation out of all. */
   services: Record<string, { status: Status; healthy: number; total: number }>;
   checks: Record<string, { status: Status; detail: string }>;
+}
+
+export interface RedisState {
+  mode: 'server' | 'sentinel' | 'cluster';
+  state: string;
+  primaries: number;
+  detail: string;
 }
 
 export interface HealthDeps {
@@ -23,6 +35,8 @@ export interface HealthDeps {
   authServiceUrl: string;
   /** Pings Redis; absent when the gateway runs on in-memory stores. */
   redisPing: (() => Promise<unknown>) | null;
+  /** What the request path's Redis connection is doing (which server or primaries, a failover under way); null without Redis. */
+  redisState: () => RedisState | null;
   /** True while the stores work from per-process fallbacks because Redis failed a command. */
   sharedStoreDegraded: () => boolean;
   /** Tries the shared store once, so that an idle gateway also leaves its fallback. */
@@ -131,6 +145,8 @@ export class HealthMonitor {
       // No instance at all (a discovery that found none) is as bad as none healthy.
       services[name] = { status: healthy === 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'degraded', healthy, total };
     }
+    const redisState = this.deps.redisState();
+    const redis = redisState === null ? undefined : { mode: redisState.mode, state: redisState.state, primaries: redisState.primaries };
     const auditState = this.deps.audit();
     const audit: HealthReport['audit'] =
       auditState === null
@@ -154,6 +170,7 @@ export class HealthMonitor {
       timestamp: new Date().toISOString(),
       dependencies,
       ...(audit ? { audit } : undefined),
+      ...(redis ? { redis } : undefined),
       services,
       checks: { 'auth-service': auth, database, memory, event_loop: eventLoop, lifecycle: shutdown },
     };
@@ -185,11 +202,15 @@ export class HealthMonitor {
     try {
       await withTimeout(this.deps.redisPing(), PROBE_TIMEOUT_MS);
     } catch {
-      return { status: 'degraded', detail: 'redis unreachable: limiting per process' };
+      return { status: 'degraded', detail: `redis unreachable: limiting per process; ${this.topology()}` };
     }
     if (this.deps.sharedStoreDegraded()) await withTimeout(this.deps.probeSharedStore(), PROBE_TIMEOUT_MS).catch(() => undefined);
-    if (this.deps.sharedStoreDegraded()) return { status: 'degraded', detail: 'redis reachable again; recovering' };
-    return { status: 'healthy', detail: 'redis reachable' };
+    if (this.deps.sharedStoreDegraded()) return { status: 'degraded', detail: `redis reachable again; recovering; ${this.topology()}` };
+    return { status: 'healthy', detail: `redis reachable: ${this.topology()}` };
+  }
+
+  private topology(): string {
+    return this.deps.redisState()?.detail ?? 'none';
   }
 
   private checkMemory(): { status: Status; detail: string } {

@@ -35,7 +35,7 @@ export class AccessCheck {
     const who = ex.identity;
     const subject = who !== null ? keyPart(who.userId) : keys.client(ex.clientIp);
     const query: AccessQuery = {
-      rateKey: limit.ownKey ? `rate_limit:${route.name}:${subject}` : `rate_limit:${subject}`,
+      rateKey: limit.ownKey ? keys.routeRate(route.name, subject) : keys.rate(subject),
       limit: limit.perMinute,
       windowMs: RATE_WINDOW_MS,
       token: who,

@@ -133,7 +133,7 @@ class AuthFlows {
     const revocations: Revocation[] = [
       // A token without a jti can only be revoked with every other token of its user.
       who.tokenId !== null
-        ? { kind: 'token', tokenId: who.tokenId, ttlSeconds: Math.max(1, who.expiresAt - nowS + clockSkewSeconds) }
+        ? { kind: 'token', userId: who.userId, tokenId: who.tokenId, ttlSeconds: Math.max(1, who.expiresAt - nowS + clockSkewSeconds) }
         : { kind: 'user', userId: who.userId, before: nowS, ttlSeconds: userRevocationTtl(maxTokenLifetimeSeconds, clockSkewSeconds) },
     ];
     const refresh = parsed.data.refresh_token !== undefined ? tokenFacts(parsed.data.refresh_token) : null;
@@ -142,9 +142,9 @@ class AuthFlows {
       return { code: 'GW_INVALID_BODY', detail: 'refresh_token: is not a token of the signed-in user' };
     }
     if (refresh?.tokenId) {
-      revocations.push({ kind: 'token', tokenId: refresh.tokenId, ttlSeconds: Math.min(MAX_REFRESH_TTL_SECONDS, Math.max(1, refresh.expiresAt - nowS)) });
+      revocations.push({ kind: 'token', userId: who.userId, tokenId: refresh.tokenId, ttlSeconds: Math.min(MAX_REFRESH_TTL_SECONDS, Math.max(1, refresh.expiresAt - nowS)) });
     }
-    if (who.sessionId !== null) revocations.push({ kind: 'session', sessionId: who.sessionId });
+    if (who.sessionId !== null) revocations.push({ kind: 'session', userId: who.userId, sessionId: who.sessionId });
     try {
       await Promise.all(revocations.map((r) => this.deps.store.revoke(r)));
     } catch {

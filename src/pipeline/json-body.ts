@@ -38,7 +38,7 @@ export function describe(error: z.ZodError, json: unknown): string {
   const field = issue.path.join('.');
   if (field === '') return `body: ${issue.code === 'invalid_type' ? 'must be a JSON object' : issue.message}`;
   const missing = issue.path.length === 1 && typeof json === 'object' && json !== null && !(String(issue.path[0]) in json);
-  return `${field}: ${missing ? 'is required' : issue.message}`;
+  return `${field}: ${missing && issue.code !== 'custom' ? 'is required' : issue.message}`;
 }
 
 export function invalid(error: z.ZodError, json: unknown): Refusal {

@@ -36,9 +36,9 @@ export const REVOKED: AccessAnswer = Object.freeze({
 
 /** One revocation, as stored and as announced to the other replicas. */
 export type Revocation =
-  | { readonly kind: 'token'; readonly tokenId: string; readonly ttlSeconds: number }
+  | { readonly kind: 'token'; readonly userId: string; readonly tokenId: string; readonly ttlSeconds: number }
   | { readonly kind: 'user'; readonly userId: string; readonly before: number; readonly ttlSeconds: number }
-  | { readonly kind: 'session'; readonly sessionId: string };
+  | { readonly kind: 'session'; readonly userId: string; readonly sessionId: string };
 
 /**
  * A store shared by every replica (Redis, redis-access-store.ts). Each method is one round trip;
@@ -64,21 +64,53 @@ export interface SharedAccessStore {
 export type CountMode = 'take' | 'check' | 'refund';
 
 /**
- * Keys as the spec names them (`rate_limit:{user_id}`, `session:{session_id}`) plus the
- * revocation list. An id may hold ':' or '%'; escaped, it can never pose as another key's prefix.
- * UUIDs pass unchanged.
+ * An id as part of a key. ':' and '%' are escaped so that an id can never pose as another key's
+ * prefix, and '{' and '}' so that it cannot end a hash tag early. UUIDs pass unchanged.
  */
 export function keyPart(id: string): string {
-  return id.includes(':') || id.includes('%') ? id.replace(/%/g, '%25').replace(/:/g, '%3A') : id;
+  return NEEDS_ESCAPE.test(id) ? id.replace(/%/g, '%25').replace(/:/g, '%3A').replace(/\{/g, '%7B').replace(/\}/g, '%7D') : id;
 }
 
+const NEEDS_ESCAPE = /[:%{}]/;
+
+/** The inverse of keyPart. */
+export function unescapeKeyPart(part: string): string {
+  return part.includes('%') ? part.replace(/%3A/g, ':').replace(/%7B/g, '{').replace(/%7D/g, '}').replace(/%25/g, '%') : part;
+}
+
+/**
+ * Every key one request reads carries its subject as a hash tag (`{...}`): on a Redis Cluster
+ * they share one hash slot, so one script reads them all in one round trip, and users spread
+ * over the primaries. The spec's `rate_limit:{user_id}` is read literally: the user's budget is
+ * `rate_limit:{<user id>}` (`redis-cli GET "rate_limit:{7c9e6679-...}"`). `subject` is an escaped
+ * user id (keyPart) or `ip:<address>` for anonymous traffic.
+ */
 export const keys = {
   /** The rate-limit subject of anonymous traffic (and of failed authentications): the client address. */
   client: (ip: string) => `ip:${ip}`,
-  revokedToken: (tokenId: string) => `revoked:jti:${keyPart(tokenId)}`,
-  revokedUser: (userId: string) => `revoked:user:${keyPart(userId)}`,
-  session: (sessionId: string) => `session:${keyPart(sessionId)}`,
+  rate: (subject: string) => `rate_limit:{${subject}}`,
+  /** A route with a limit of its own counts apart from the subject's shared budget. */
+  routeRate: (route: string, subject: string) => `rate_limit:{${subject}}:${route}`,
+  revokedToken: (userId: string, tokenId: string) => `revoked:jti:{${keyPart(userId)}}:${keyPart(tokenId)}`,
+  revokedUser: (userId: string) => `revoked:user:{${keyPart(userId)}}`,
+  session: (userId: string, sessionId: string) => `session:{${keyPart(userId)}}:${keyPart(sessionId)}`,
 };
+
+/**
+ * The revocation keys of releases before the hash-tagged layout (`revoked:jti:<jti>`,
+ * `revoked:user:<user>`). On one Redis (or Sentinel) they are still honoured, so that a rolling
+ * upgrade, with replicas of both releases writing, lets no revoked token back in; a Redis Cluster
+ * has no such keys (it was not supported before).
+ */
+export const legacyKeys = {
+  revokedToken: (tokenId: string) => `revoked:jti:${legacyKeyPart(tokenId)}`,
+  revokedUser: (userId: string) => `revoked:user:${legacyKeyPart(userId)}`,
+};
+
+/** keyPart as those releases had it: braces were not escaped. */
+function legacyKeyPart(id: string): string {
+  return id.includes(':') || id.includes('%') ? id.replace(/%/g, '%25').replace(/:/g, '%3A') : id;
+}
 
 /** The channel on which a replica announces a revocation to the others. */
 export const REVOCATION_CHANNEL = 'gateway:revocations';

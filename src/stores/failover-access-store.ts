@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { MemoryAccessStore } from './memory-access-store.js';
@@ -61,7 +61,7 @@ export class AccessControl {
   ) {}
 
   /** Hears the other replicas' revocations, for the mirror used during an outage. */
-  listen(subscriber: Redis): void {
+  listen(subscriber: Redis | Cluster): void {
     subscriber.on('message', (channel: string, message: string) => {
       if (channel !== REVOCATION_CHANNEL) return;
       const r = parseRevocation(message);

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
-import type { Redis } from 'ioredis';
-import { keys, REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
+import type { Cluster, Redis } from 'ioredis';
+import { keys, legacyKeys, REVOCATION_CHANNEL, unescapeKeyPart, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
-import type { LuaScript, RespPipe } from './resp-pipe.js';
+import type { LuaScript, RespValue } from './resp-pipe.js';
 
 /**
  * GCRA (mirrors `gcra()` in rate-limit-store.ts). The clock is Redis's own (TIME), so replicas
@@ -46,7 +46,8 @@ ${GCRA}`;
 
 /**
  * A request with a verified token: revocation, session and rate limit, read and decided
- * atomically in one round trip. KEYS: rate, revoked jti, revoked user, session.
+ * atomically in one round trip. KEYS: rate, revoked jti, revoked user, session, and on one Redis
+ * the two revocation keys of the earlier layout (access-store.ts, legacyKeys).
  * ARGV: interval, window, has_jti ('1'/'0'), iat ('' when none), has_session ('1'/'0').
  * A revoked token returns {2} and counts nothing.
  */
@@ -54,18 +55,26 @@ const ACCESS = `
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local dry = false
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
-local before = redis.call('GET', KEYS[3])
-if before and (ARGV[4] == '' or tonumber(ARGV[4]) <= tonumber(before)) then return {2} end
+if ARGV[3] == '1' and (redis.call('EXISTS', KEYS[2]) == 1 or (KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1)) then return {2} end
+local before = tonumber(redis.call('GET', KEYS[3]))
+if KEYS[6] then
+  local earlier = tonumber(redis.call('GET', KEYS[6]))
+  if earlier and (before == nil or earlier > before) then before = earlier end
+end
+if before and (ARGV[4] == '' or tonumber(ARGV[4]) <= before) then return {2} end
 local session = false
 if ARGV[5] == '1' then session = redis.call('GET', KEYS[4]) end
 ${GCRA}`;
 
-/** KEYS: revoked jti, revoked user. ARGV: has_jti, iat. */
+/** KEYS: revoked jti, revoked user (and the earlier layout's two, as ACCESS). ARGV: has_jti, iat. */
 const IS_REVOKED = `
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 1 end
-local before = redis.call('GET', KEYS[2])
-if before and (ARGV[2] == '' or tonumber(ARGV[2]) <= tonumber(before)) then return 1 end
+if ARGV[1] == '1' and (redis.call('EXISTS', KEYS[1]) == 1 or (KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1)) then return 1 end
+local before = tonumber(redis.call('GET', KEYS[2]))
+if KEYS[4] then
+  local earlier = tonumber(redis.call('GET', KEYS[4]))
+  if earlier and (before == nil or earlier > before) then before = earlier end
+end
+if before and (ARGV[2] == '' or tonumber(ARGV[2]) <= before) then return 1 end
 return 0
 `;
 
@@ -81,12 +90,15 @@ return 1
 const script = (body: string): LuaScript => ({ body, sha: createHash('sha1').update(body).digest('hex') });
 const COUNT_SCRIPT = script(COUNT);
 const ACCESS_SCRIPT = script(ACCESS);
+const IS_REVOKED_SCRIPT = script(IS_REVOKED);
 
 type Reply = [number, number?, number?, number?, (string | null)?];
-type Scripted = {
-  gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number>;
-  gatewayIsRevoked(jti: string, user: string, hasJti: string, iat: string): Promise<number>;
-};
+type Scripted = { gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number> };
+
+/** What carries the request path's scripts: one pipelined connection (resp-pipe.ts), or one per primary of a cluster (cluster-pipe.ts). */
+export interface ScriptRunner {
+  run(script: LuaScript, keys: readonly string[], args: readonly string[]): Promise<RespValue>;
+}
 
 function decisionOf(reply: Reply, limit: number): RateLimitDecision {
   return { allowed: reply[0] === 1, limit, remaining: reply[1]!, resetMs: reply[2]!, retryAfterMs: reply[3]! };
@@ -94,23 +106,25 @@ function decisionOf(reply: Reply, limit: number): RateLimitDecision {
 
 /**
  * The shared store of every replica. Each request costs one script call; the calls of one
- * event-loop turn share one write (resp-pipe.ts). All keys of one request are read by one
- * script, so a Redis Cluster deployment needs them on one shard (one primary, or hash tags).
+ * event-loop turn share one write. All keys of one request carry the same hash tag
+ * (access-store.ts), so on a Redis Cluster the script still runs on one primary.
  */
 export class RedisAccessStore implements SharedAccessStore {
-  private readonly redis: Redis & Scripted;
+  private readonly redis: (Redis | Cluster) & Scripted;
+  /** On one Redis, the revocation keys of the earlier layout are read too (legacyKeys). */
+  private readonly legacy: boolean;
 
   /**
-   * `pipe` carries the counting scripts, which run on every request (resp-pipe.ts: a fraction of
-   * the client-side cost of the same call through ioredis); `redis` carries the rest.
+   * `pipe` carries the scripts of the request path (a fraction of the client-side cost of the
+   * same call through ioredis); `redis` carries the rest.
    */
   constructor(
-    redis: Redis,
-    private readonly pipe: RespPipe,
+    redis: Redis | Cluster,
+    private readonly pipe: ScriptRunner,
   ) {
     redis.defineCommand('gatewayRevokeUser', { numberOfKeys: 1, lua: REVOKE_USER });
-    redis.defineCommand('gatewayIsRevoked', { numberOfKeys: 2, lua: IS_REVOKED });
-    this.redis = redis as Redis & Scripted;
+    this.redis = redis as (Redis | Cluster) & Scripted;
+    this.legacy = !isCluster(redis);
   }
 
   async check(q: AccessQuery): Promise<AccessAnswer> {
@@ -121,22 +135,25 @@ export class RedisAccessStore implements SharedAccessStore {
       const counted = (await this.pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, 'take'])) as Reply;
       return { revoked: false, sessionUser: null, decision: decisionOf(counted, q.limit) };
     }
-    const reply = (await this.pipe.run(
-      ACCESS_SCRIPT,
-      [q.rateKey, keys.revokedToken(token.tokenId ?? ''), keys.revokedUser(token.userId), keys.session(token.sessionId ?? '')],
-      [interval, window, token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '', token.sessionId !== null ? '1' : '0'],
-    )) as Reply;
+    const tokenId = token.tokenId ?? '';
+    const access = [q.rateKey, keys.revokedToken(token.userId, tokenId), keys.revokedUser(token.userId), keys.session(token.userId, token.sessionId ?? '')];
+    if (this.legacy) access.push(legacyKeys.revokedToken(tokenId), legacyKeys.revokedUser(token.userId));
+    const reply = (await this.pipe.run(ACCESS_SCRIPT, access, [
+      interval,
+      window,
+      token.tokenId !== null ? '1' : '0',
+      token.issuedAt !== null ? String(token.issuedAt) : '',
+      token.sessionId !== null ? '1' : '0',
+    ])) as Reply;
     if (reply[0] === 2) return REVOKED;
     return { revoked: false, sessionUser: reply[4] ?? null, decision: decisionOf(reply, q.limit) };
   }
 
   async isRevoked(token: TokenFacts): Promise<boolean> {
-    const reply = await this.redis.gatewayIsRevoked(
-      keys.revokedToken(token.tokenId ?? ''),
-      keys.revokedUser(token.userId),
-      token.tokenId !== null ? '1' : '0',
-      token.issuedAt !== null ? String(token.issuedAt) : '',
-    );
+    const tokenId = token.tokenId ?? '';
+    const revocation = [keys.revokedToken(token.userId, tokenId), keys.revokedUser(token.userId)];
+    if (this.legacy) revocation.push(legacyKeys.revokedToken(tokenId), legacyKeys.revokedUser(token.userId));
+    const reply = await this.pipe.run(IS_REVOKED_SCRIPT, revocation, [token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '']);
     return reply === 1;
   }
 
@@ -146,54 +163,77 @@ export class RedisAccessStore implements SharedAccessStore {
 
   /** Stores the revocation, then announces it so that every replica's fallback mirrors it. */
   async revoke(r: Revocation): Promise<void> {
-    if (r.kind === 'token') await this.redis.set(keys.revokedToken(r.tokenId), '1', 'EX', Math.max(1, Math.ceil(r.ttlSeconds)));
+    if (r.kind === 'token') await this.redis.set(keys.revokedToken(r.userId, r.tokenId), '1', 'EX', Math.max(1, Math.ceil(r.ttlSeconds)));
     else if (r.kind === 'user') await this.redis.gatewayRevokeUser(keys.revokedUser(r.userId), String(r.before), String(Math.max(1, Math.ceil(r.ttlSeconds))));
-    else await this.redis.del(keys.session(r.sessionId));
+    else await this.redis.del(keys.session(r.userId, r.sessionId));
     await this.redis.publish(REVOCATION_CHANNEL, JSON.stringify(r));
   }
 
-  /** The revocation keys, read with SCAN (never blocking Redis), with what is left of their lifetime. */
+  /**
+   * The revocation keys (of both layouts), read with SCAN (never blocking Redis) on every primary,
+   * with what is left of their lifetime.
+   */
   async revocations(): Promise<Revocation[]> {
     const out: Revocation[] = [];
-    let cursor = '0';
-    do {
-      const [next, found] = await this.redis.scan(cursor, 'MATCH', 'revoked:*', 'COUNT', 1000);
-      cursor = next;
-      if (found.length === 0) continue;
-      const batch = this.redis.pipeline();
-      for (const key of found) batch.get(key).pttl(key);
-      const replies = (await batch.exec()) ?? [];
-      found.forEach((key, i) => {
-        const value = replies[2 * i]?.[1] as string | null;
-        const ttlMs = replies[2 * i + 1]?.[1] as number;
-        if (value === null || ttlMs <= 0) return;
-        const ttlSeconds = Math.ceil(ttlMs / 1000);
-        if (key.startsWith('revoked:jti:')) out.push({ kind: 'token', tokenId: unescapeKeyPart(key.slice('revoked:jti:'.length)), ttlSeconds });
-        else if (key.startsWith('revoked:user:')) out.push({ kind: 'user', userId: unescapeKeyPart(key.slice('revoked:user:'.length)), before: Number(value), ttlSeconds });
-      });
-    } while (cursor !== '0');
+    const servers = isCluster(this.redis) ? this.redis.nodes('master') : [this.redis];
+    for (const server of servers) {
+      let cursor = '0';
+      do {
+        const [next, found] = await server.scan(cursor, 'MATCH', 'revoked:*', 'COUNT', 1000);
+        cursor = next;
+        if (found.length === 0) continue;
+        const batch = server.pipeline();
+        for (const key of found) batch.get(key).pttl(key);
+        const replies = (await batch.exec()) ?? [];
+        found.forEach((key, i) => {
+          const value = replies[2 * i]?.[1] as string | null;
+          const ttlMs = replies[2 * i + 1]?.[1] as number;
+          if (value === null || ttlMs <= 0) return;
+          const r = revocationOf(key, value, Math.ceil(ttlMs / 1000));
+          if (r !== null) out.push(r);
+        });
+      } while (cursor !== '0');
+    }
     return out;
   }
 
   async cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void> {
-    await this.redis.set(keys.session(sessionId), userId, 'EX', Math.max(1, Math.ceil(ttlSeconds)));
+    await this.redis.set(keys.session(userId, sessionId), userId, 'EX', Math.max(1, Math.ceil(ttlSeconds)));
   }
 }
 
-/** The inverse of keyPart (access-store.ts). */
-function unescapeKeyPart(part: string): string {
-  return part.includes('%') ? part.replace(/%3A/g, ':').replace(/%25/g, '%') : part;
+export function isCluster(redis: Redis | Cluster): redis is Cluster {
+  return (redis as Cluster).isCluster === true;
+}
+
+/**
+ * A revocation key read back: `revoked:jti:{<user>}:<jti>`, `revoked:user:{<user>}`, or the
+ * earlier layout's `revoked:jti:<jti>` and `revoked:user:<user>` (whose token revocations name no
+ * user: the mirror keys tokens by id alone).
+ */
+function revocationOf(key: string, value: string, ttlSeconds: number): Revocation | null {
+  const tagged = /^revoked:(jti|user):\{([^}]*)\}(?::(.*))?$/.exec(key);
+  if (tagged !== null) {
+    const userId = unescapeKeyPart(tagged[2]!);
+    if (tagged[1] === 'jti') return tagged[3] === undefined ? null : { kind: 'token', userId, tokenId: unescapeKeyPart(tagged[3]), ttlSeconds };
+    return { kind: 'user', userId, before: Number(value), ttlSeconds };
+  }
+  if (key.startsWith('revoked:jti:')) return { kind: 'token', userId: '', tokenId: unescapeKeyPart(key.slice('revoked:jti:'.length)), ttlSeconds };
+  if (key.startsWith('revoked:user:')) return { kind: 'user', userId: unescapeKeyPart(key.slice('revoked:user:'.length)), before: Number(value), ttlSeconds };
+  return null;
 }
 
 /** Parses an announcement from another replica; anything malformed is ignored. */
 export function parseRevocation(message: string): Revocation | null {
   try {
     const r = JSON.parse(message) as Record<string, unknown>;
-    if (r.kind === 'token' && typeof r.tokenId === 'string' && typeof r.ttlSeconds === 'number') return { kind: 'token', tokenId: r.tokenId, ttlSeconds: r.ttlSeconds };
+    // Announcements of earlier releases name no user for a token or a session: the mirror needs none.
+    const userId = typeof r.userId === 'string' ? r.userId : '';
+    if (r.kind === 'token' && typeof r.tokenId === 'string' && typeof r.ttlSeconds === 'number') return { kind: 'token', userId, tokenId: r.tokenId, ttlSeconds: r.ttlSeconds };
     if (r.kind === 'user' && typeof r.userId === 'string' && typeof r.before === 'number' && typeof r.ttlSeconds === 'number') {
       return { kind: 'user', userId: r.userId, before: r.before, ttlSeconds: r.ttlSeconds };
     }
-    if (r.kind === 'session' && typeof r.sessionId === 'string') return { kind: 'session', sessionId: r.sessionId };
+    if (r.kind === 'session' && typeof r.sessionId === 'string') return { kind: 'session', userId, sessionId: r.sessionId };
   } catch {
     // not ours
   }

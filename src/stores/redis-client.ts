@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { RedisConnection } from './redis-connection.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -7,7 +7,7 @@ import type { Logger } from '../observability/logger.js';
  * away a command fails at once instead of holding a request, and nothing piles up. Commands
  * issued in the same tick travel in one pipeline (auto-pipelining).
  */
-export function createRedisClient(connection: RedisConnection, commandTimeoutMs: number, logger: Logger): Redis {
+export function createRedisClient(connection: RedisConnection, commandTimeoutMs: number, logger: Logger): Redis | Cluster {
   const options: RedisOptions = {
     lazyConnect: true,
     enableOfflineQueue: false,
@@ -20,23 +20,45 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
     // the sentinels, to the new primary).
     reconnectOnError: (err) => err.message.startsWith('READONLY'),
   };
-  const redis =
-    connection.kind === 'url'
-      ? new Redis(connection.url, {
+  const tls = connection.kind === 'url' || connection.tls === null ? undefined : { tls: connection.tls.ca === undefined ? {} : { ca: connection.tls.ca } };
+  let redis: Redis | Cluster;
+  if (connection.kind === 'url') {
+    redis = new Redis(connection.url, {
+      ...options,
+      // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
+      ...(connection.url.startsWith('rediss://') ? { tls: connection.ca === undefined ? {} : { ca: connection.ca } } : undefined),
+    });
+  } else if (connection.kind === 'sentinel') {
+    redis = new Redis({
+      ...options,
+      sentinels: connection.sentinels.map((s) => ({ host: s.host, port: s.port })),
+      name: connection.name,
+      ...(connection.password === null ? undefined : { password: connection.password }),
+      ...(tls === undefined ? undefined : { ...tls, enableTLSForSentinelMode: true }),
+      // No failoverDetector: its disconnect on +switch-master, landing while the client was
+      // already reconnecting, left the client closed for good (seen in CI); a lost primary is
+      // found again through the sentinels on the ordinary reconnect.
+      sentinelRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+    });
+  } else {
+    redis = new Cluster(
+      connection.nodes.map((n) => ({ host: n.host, port: n.port })),
+      {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        enableAutoPipelining: true,
+        clusterRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
+        retryDelayOnFailover: 100,
+        retryDelayOnTryAgain: 5,
+        slotsRefreshTimeout: 1_000,
+        redisOptions: {
           ...options,
-          // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
-          ...(connection.url.startsWith('rediss://') ? { tls: connection.ca === undefined ? {} : { ca: connection.ca } } : undefined),
-        })
-      : new Redis({
-          ...options,
-          sentinels: connection.sentinels.map((s) => ({ host: s.host, port: s.port })),
-          name: connection.name,
           ...(connection.password === null ? undefined : { password: connection.password }),
-          // No failoverDetector: its disconnect on +switch-master, landing while the client was
-          // already reconnecting, left the client closed for good (seen in CI); a lost primary is
-          // found again through the sentinels on the ordinary reconnect.
-          sentinelRetryStrategy: (attempt) => Math.min(attempt * 200, 2_000),
-        });
+          ...tls,
+        },
+      },
+    );
+  }
   let up = false;
   redis.on('ready', () => {
     up = true;

@@ -1,5 +1,6 @@
 import { connect as connectTcp, isIP, type Socket } from 'node:net';
 import { connect as connectTls, type ConnectionOptions } from 'node:tls';
+import type { RedisState } from '../observability/health.js';
 
 /** A RESP2 reply: the shapes the gateway's scripts return. */
 export type RespValue = string | number | null | RespError | RespValue[];
@@ -43,7 +44,7 @@ type Callback = (err: Error | null, reply: RespValue) => void;
 interface Pending {
   cb: Callback;
   /** The script to send in full if Redis answers NOSCRIPT to its hash. */
-  retry: { script: LuaScript; rest: string; argc: number } | null;
+  retry: { script: LuaScript; rest: string; argc: number; asking: boolean } | null;
   sentAt: number;
 }
 
@@ -59,6 +60,8 @@ export interface RespPipeOptions {
 
 const CRLF = '\r\n';
 const bulk = (s: string) => `$${Buffer.byteLength(s)}${CRLF}${s}${CRLF}`;
+const ASKING = `*1${CRLF}${bulk('ASKING')}`;
+const ignore: Callback = () => undefined;
 
 /** Reads one reply from `b` at `i`: [value, next index], or null when the bytes end first. */
 function parse(b: Buffer, i: number): [RespValue, number] | null {
@@ -154,13 +157,47 @@ export class RespPipe {
     return this.ready ? Promise.resolve() : new Promise((resolve) => this.readyWaiters.push(resolve));
   }
 
-  /** EVALSHA, falling back to EVAL with the body when Redis does not have the script. */
-  evalsha(script: LuaScript, keys: readonly string[], args: readonly string[], cb: Callback): void {
+  /**
+   * EVALSHA, falling back to EVAL with the body when Redis does not have the script. `asking`:
+   * preceded by ASKING (a cluster node importing the keys' slot serves it once).
+   */
+  evalsha(script: LuaScript, keys: readonly string[], args: readonly string[], cb: Callback, asking = false): void {
     let rest = `${bulk(String(keys.length))}`;
     for (const k of keys) rest += bulk(k);
     for (const a of args) rest += bulk(a);
     const argc = 1 + keys.length + args.length;
-    this.send(`*${argc + 2}${CRLF}${bulk('EVALSHA')}${bulk(script.sha)}${rest}`, cb, { script, rest, argc });
+    if (asking && !this.sendAsking(cb)) return;
+    this.send(`*${argc + 2}${CRLF}${bulk('EVALSHA')}${bulk(script.sha)}${rest}`, cb, { script, rest, argc, asking });
+  }
+
+  /** Any other command (CLUSTER SLOTS, say), in turn with the scripts. */
+  command(args: readonly string[]): Promise<RespValue> {
+    return new Promise((resolve, reject) =>
+      this.send(`*${args.length}${CRLF}${args.map(bulk).join('')}`, (err, reply) => (err === null ? resolve(reply) : reject(err)), null),
+    );
+  }
+
+  /** For /health: where the connection goes, or what it is doing instead. */
+  state(): RedisState {
+    const where = this.current === null ? null : `${this.current.host}:${this.current.port}`;
+    if (typeof this.target !== 'function') {
+      return this.ready
+        ? { mode: 'server', state: 'connected', primaries: 1, detail: `server ${where}` }
+        : { mode: 'server', state: 'reconnecting', primaries: 0, detail: `${where ?? 'the server'} does not answer; connecting again` };
+    }
+    return this.ready
+      ? { mode: 'sentinel', state: 'connected', primaries: 1, detail: `primary ${where}, named by the sentinels` }
+      : {
+          mode: 'sentinel',
+          state: 'finding the primary',
+          primaries: 0,
+          detail: `no primary answers${where === null ? '' : ` (the last one: ${where})`}; asking the sentinels for the current one (a failover, perhaps)`,
+        };
+  }
+
+  /** Where the connection goes now (null before the first one). */
+  get address(): { host: string; port: number } | null {
+    return this.current === null ? null : { host: this.current.host, port: this.current.port };
   }
 
   /** The same as a promise. */
@@ -176,9 +213,19 @@ export class RespPipe {
     this.failAll(new Error('the connection to redis is closed'));
   }
 
-  private send(command: string, cb: Callback, retry: Pending['retry']): void {
-    if (!this.ready) return cb(new Error('redis is not connected'), null);
-    if (this.queue.length - this.head >= this.maxPending) return cb(new Error(`${this.maxPending} redis commands are waiting for a reply`), null);
+  /** ASKING ahead of a command, its reply ignored; false (and `cb` told) when it cannot be sent. */
+  private sendAsking(cb: Callback): boolean {
+    let refused = false;
+    this.send(ASKING, ignore, null, (err) => {
+      refused = true;
+      cb(err, null);
+    });
+    return !refused;
+  }
+
+  private send(command: string, cb: Callback, retry: Pending['retry'], onRefused: (err: Error) => void = (err) => cb(err, null)): void {
+    if (!this.ready) return onRefused(new Error('redis is not connected'));
+    if (this.queue.length - this.head >= this.maxPending) return onRefused(new Error(`${this.maxPending} redis commands are waiting for a reply`));
     this.queue.push({ cb, retry, sentAt: performance.now() });
     this.out += command;
     if (!this.flushScheduled) {
@@ -284,8 +331,9 @@ export class RespPipe {
     }
     if (reply instanceof RespError) {
       if (p.retry !== null && reply.message.startsWith('NOSCRIPT')) {
-        const { script, rest, argc } = p.retry;
+        const { script, rest, argc, asking } = p.retry;
         // Sent in full once: EVAL also makes Redis keep the script for the next EVALSHA.
+        if (asking && !this.sendAsking(p.cb)) return;
         this.send(`*${argc + 2}${CRLF}${bulk('EVAL')}${bulk(script.body)}${rest}`, p.cb, null);
         return;
       }

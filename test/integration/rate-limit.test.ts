@@ -157,9 +157,9 @@ describe('rate limiting on a real redis-server', () => {
     assert.equal((await send(`${gw.url}/api/records/again`, alice.token)).statusCode, 429, 'and the first user is still limited');
 
     // The spec's key, with the spec's one-minute lifetime.
-    const ttl = await keys.pttl(`rate_limit:${alice.id}`);
-    assert.ok(ttl > 0 && ttl <= WINDOW_MS, `rate_limit:${alice.id} has PTTL ${ttl}; expected 0 < ttl <= ${WINDOW_MS}`);
-    assert.ok((await keys.pttl(`rate_limit:${bob.id}`)) > 0, `no rate_limit:${bob.id} key in Redis`);
+    const ttl = await keys.pttl(`rate_limit:{${alice.id}}`);
+    assert.ok(ttl > 0 && ttl <= WINDOW_MS, `rate_limit:{${alice.id}} has PTTL ${ttl}; expected 0 < ttl <= ${WINDOW_MS}`);
+    assert.ok((await keys.pttl(`rate_limit:{${bob.id}}`)) > 0, `no rate_limit:{${bob.id}} key in Redis`);
   });
 
   it('limits anonymous traffic by the socket address: X-Forwarded-For and X-Real-IP from an untrusted peer buy no fresh budget', async () => {
@@ -176,7 +176,7 @@ describe('rate limiting on a real redis-server', () => {
     expectLimited(refused, 'default', LIMIT);
     assert.equal(upstream.received.length, reached);
 
-    assert.ok((await keys.pttl('rate_limit:ip:127.0.0.1')) > 0, 'anonymous traffic is counted under rate_limit:ip:<socket address>');
+    assert.ok((await keys.pttl('rate_limit:{ip:127.0.0.1}')) > 0, 'anonymous traffic is counted under rate_limit:{ip:<socket address>}');
     const spoofedKeys = [...(await keys.keys('rate_limit:*198.51.100*')), ...(await keys.keys('rate_limit:*203.0.113*'))];
     assert.deepEqual(spoofedKeys, [], 'no budget may be opened for an address the client chose');
   });
@@ -190,8 +190,8 @@ describe('rate limiting on a real redis-server', () => {
       assert.equal(rateLimitOf(res, 'reports').r, REPORTS_LIMIT - 1 - i);
     }
     expectLimited(await send(`${gw.url}/api/reports/over`, carol.token), 'reports', REPORTS_LIMIT);
-    assert.ok((await keys.pttl(`rate_limit:reports:${carol.id}`)) > 0, `no rate_limit:reports:${carol.id} key in Redis`);
-    assert.equal(await keys.exists(`rate_limit:${carol.id}`), 0, 'the route with its own limit must not draw on the default budget');
+    assert.ok((await keys.pttl(`rate_limit:{${carol.id}}:reports`)) > 0, `no rate_limit:{${carol.id}}:reports key in Redis`);
+    assert.equal(await keys.exists(`rate_limit:{${carol.id}}`), 0, 'the route with its own limit must not draw on the default budget');
 
     // The default budget is untouched by the reports route, and shared by the routes without a limit of their own.
     for (let i = 0; i < LIMIT; i++) {
@@ -397,15 +397,15 @@ describe('a redis outage', () => {
         const probe = await freshUser('heidi');
         const res = await send(`${gw.url}/api/records/probe`, probe.token);
         assert.equal(res.statusCode, 200, res.text);
-        return (await keys.exists(`rate_limit:${probe.id}`)) === 1 ? probe : undefined;
+        return (await keys.exists(`rate_limit:{${probe.id}}`)) === 1 ? probe : undefined;
       });
       for (let i = 1; i < LIMIT; i++) assert.equal((await send(`${gw.url}/api/records/${i}`, back.token)).statusCode, 200);
       expectLimited(await send(`${gw.url}/api/records/over`, back.token), 'default', LIMIT);
-      assert.ok((await keys.pttl(`rate_limit:${back.id}`)) > 0);
+      assert.ok((await keys.pttl(`rate_limit:{${back.id}}`)) > 0);
 
       const guarded = await send(`${gw.url}/api/guarded/again`, back.token);
       assert.equal(guarded.statusCode, 200, `the fail-closed route serves again: ${guarded.text}`);
-      assert.ok((await keys.exists(`rate_limit:guarded:${back.id}`)) === 1);
+      assert.ok((await keys.exists(`rate_limit:{${back.id}}:guarded`)) === 1);
       await untilDatabase(gw.url, 'healthy');
     } finally {
       keys.disconnect();

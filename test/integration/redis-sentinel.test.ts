@@ -63,7 +63,7 @@ describe('REDIS_SENTINELS: a failover under traffic', () => {
   async function revoke(via: TestGateway, token: string): Promise<void> {
     try {
       await until('the revocation accepted', 20_000, async () => {
-        const res = await send(`${via.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti } });
+        const res = await send(`${via.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti, user_id: decodeJwt(token).sub } });
         if (res.statusCode === 503) return undefined;
         assert.ok(res.statusCode < 300, `revocation: ${res.statusCode} ${res.text}`);
         return true;

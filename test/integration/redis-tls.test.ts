@@ -55,7 +55,7 @@ describe('REDIS_URL=rediss:// with REDIS_CA_FILE', () => {
     expectProblem(await read(request(`${gw.url}/records/2`, { headers: { authorization: `Bearer ${token}` } })), 429, 'GW_RATE_LIMITED');
     const inspect = new Redis(`rediss://127.0.0.1:${redis.port}`, { tls: { ca: await readFile(caFile) }, maxRetriesPerRequest: 1 });
     try {
-      assert.deepEqual(await inspect.keys('rate_limit:*'), ['rate_limit:records:tls-user'], 'the request was counted in Redis, over TLS');
+      assert.deepEqual(await inspect.keys('rate_limit:*'), ['rate_limit:{tls-user}:records'], 'the request was counted in Redis, over TLS');
     } finally {
       inspect.disconnect();
     }

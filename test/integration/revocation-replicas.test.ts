@@ -140,7 +140,7 @@ describe('two gateway processes sharing one redis', () => {
   it('a revocation by jti on A is refused on B within one second', async () => {
     const token = await signToken({ sub: freshUserId('jti') });
     await passes(b.url, token, 'B before the revocation');
-    const res = await send(`${a.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti } });
+    const res = await send(`${a.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti, user_id: decodeJwt(token).sub } });
     assert.equal(res.statusCode, 200, res.text);
     await refusedWithinOneSecond(b.url, token, upstream);
   });
@@ -278,7 +278,7 @@ describe('a redis outage with two replicas', () => {
     await passes(a.url, token, 'A before the revocation');
     await everyoneSubscribed();
     const jti = decodeJwt(token).jti;
-    const res = await send(`${b.url}${REVOCATIONS}`, { token: admin, json: { jti } });
+    const res = await send(`${b.url}${REVOCATIONS}`, { token: admin, json: { jti, user_id: decodeJwt(token).sub } });
     assert.equal(res.statusCode, 200, res.text);
     await announced('the revocation', (r) => r.kind === 'token' && r.tokenId === jti);
 
@@ -294,7 +294,7 @@ describe('a redis outage with two replicas', () => {
     await untilDatabase(b.url, 'healthy');
     await everyoneSubscribed();
     const jti = decodeJwt(token).jti;
-    const res = await send(`${b.url}${REVOCATIONS}`, { token: admin, json: { jti } });
+    const res = await send(`${b.url}${REVOCATIONS}`, { token: admin, json: { jti, user_id: decodeJwt(token).sub } });
     assert.equal(res.statusCode, 200, res.text);
     await announced('the revocation', (r) => r.kind === 'token' && r.tokenId === jti);
     // The test's redis keeps nothing on disk: a restart loses every revocation it held.

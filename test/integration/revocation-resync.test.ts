@@ -55,7 +55,7 @@ describe('the revocation mirror after the subscription was cut', () => {
 
     // Every subscription cut: the announcement of the next revocation reaches nobody.
     await keys.client('KILL', 'TYPE', 'pubsub');
-    const res = await send(`${a.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti } });
+    const res = await send(`${a.url}${REVOCATIONS}`, { token: admin, json: { jti: decodeJwt(token).jti, user_id: decodeJwt(token).sub } });
     assert.ok(res.statusCode < 300, `${res.statusCode} ${res.text}`);
     await until('B resynced its mirror', 10_000, async () => (b.logs.some((l) => l.message === RESYNCED) ? true : undefined));
 

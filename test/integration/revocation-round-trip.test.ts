@@ -120,9 +120,9 @@ describe('one redis round trip per authenticated request', () => {
       `the gateway sent ${sent.length} commands for ${N} requests: ${sent.map((c) => c.command).join(', ')}`,
     );
     assert.equal(statsAfter - statsBefore, N, 'INFO commandstats: script calls grew by the number of requests');
-    assert.equal(ranByScripts(seen, 'exists', `revoked:jti:${jti}`), N, 'the token\'s revocation is looked up inside the script');
-    assert.equal(ranByScripts(seen, 'get', `revoked:user:${user}`), N, 'the user\'s revocation is looked up inside the script');
-    assert.equal(ranByScripts(seen, 'set', `rate_limit:${user}`), N, 'the rate limit is counted inside the same script');
+    assert.equal(ranByScripts(seen, 'exists', `revoked:jti:{${user}}:${jti}`), N, 'the token\'s revocation is looked up inside the script');
+    assert.equal(ranByScripts(seen, 'get', `revoked:user:{${user}}`), N, 'the user\'s revocation is looked up inside the script');
+    assert.equal(ranByScripts(seen, 'set', `rate_limit:{${user}}`), N, 'the rate limit is counted inside the same script');
   });
 
   it('a token with a session already validated: still one script call, the session lookup inside it, no call to the auth service', async () => {
@@ -132,14 +132,14 @@ describe('one redis round trip per authenticated request', () => {
     const token = await signToken({ sub: user, claims: { sid } });
     await get('/api/records/validate', token);
     assert.equal(auth.sessionChecks(sid), 1);
-    await until('the session cached in redis', 1_000, async () => ((await keys.exists(`session:${sid}`)) === 1 ? true : undefined), 5);
+    await until('the session cached in redis', 1_000, async () => ((await keys.exists(`session:{${user}}:${sid}`)) === 1 ? true : undefined), 5);
 
     const N = 4;
     const seen = await commandsDuring(async () => {
       for (let i = 0; i < N; i++) await get(`/api/records/${i}`, token);
     });
     assert.deepEqual(sentByClients(seen).map((c) => c.command), Array<string>(N).fill('evalsha'));
-    assert.equal(ranByScripts(seen, 'get', `session:${sid}`), N, 'the session is looked up inside the script');
+    assert.equal(ranByScripts(seen, 'get', `session:{${user}}:${sid}`), N, 'the session is looked up inside the script');
     assert.equal(auth.sessionChecks(sid), 1, 'a cached session is not validated again');
   });
 
@@ -159,7 +159,7 @@ describe('one redis round trip per authenticated request', () => {
     const token = await signToken({ sub: user });
     await get('/api/records/before', token);
     const admin = await signToken({ sub: 'round-trip-admin', role: 'admin' });
-    const revoked = await send(`${gw.url}/api/gateway/revocations`, { token: admin, json: { jti: decodeJwt(token).jti } });
+    const revoked = await send(`${gw.url}/api/gateway/revocations`, { token: admin, json: { jti: decodeJwt(token).jti, user_id: decodeJwt(token).sub } });
     assert.equal(revoked.statusCode, 200, revoked.text);
 
     const seen = await commandsDuring(async () => {
@@ -167,6 +167,6 @@ describe('one redis round trip per authenticated request', () => {
       assert.equal(res.statusCode, 401, res.text);
     });
     assert.deepEqual(sentByClients(seen).map((c) => c.command), ['evalsha']);
-    assert.equal(ranByScripts(seen, 'set', `rate_limit:${user}`), 0, 'a refused token is not counted against the budget');
+    assert.equal(ranByScripts(seen, 'set', `rate_limit:{${user}}`), 0, 'a refused token is not counted against the budget');
   });
 });

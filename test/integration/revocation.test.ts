@@ -230,7 +230,7 @@ for (const store of ['in-memory', 'redis'] as const) {
         await passes(victim, 'before the revocation');
 
         const jti = decodeJwt(victim).jti!;
-        assert.deepEqual(await revoke(admin, { jti }), { revoked: { jti } });
+        assert.deepEqual(await revoke(admin, { jti, user_id: user }), { revoked: { jti, user_id: user } });
         await refusedBeforeUpstream(victim, 'the revoked token');
         expectRevoked(await send(`${gw.url}${LOGOUT}`, { token: victim, json: {} }));
         await passes(sibling, 'another token of the same user');
@@ -240,7 +240,7 @@ for (const store of ['in-memory', 'redis'] as const) {
         const user = freshUserId('by-jti-exp');
         const refreshToken = await refreshTokenOf(user);
         const { jti, exp } = decodeJwt(refreshToken);
-        assert.deepEqual(await revoke(system, { jti, expires_at: exp }), { revoked: { jti } });
+        assert.deepEqual(await revoke(system, { jti, user_id: user, expires_at: exp }), { revoked: { jti, user_id: user } });
         const refreshes = auth.callsTo('POST', REFRESH);
         expectProblem(await send(`${gw.url}${REFRESH}`, { json: { refresh_token: refreshToken } }), 401, 'GW_AUTH_TOKEN_REVOKED');
         assert.equal(auth.callsTo('POST', REFRESH), refreshes);
@@ -291,7 +291,7 @@ for (const store of ['in-memory', 'redis'] as const) {
         const target = await signToken({ sub: user });
         for (const role of ['resident', 'health_provider', 'care_staff', 'family_member']) {
           const caller = await signToken({ sub: freshUserId(role), role });
-          for (const body of [{ jti: decodeJwt(target).jti }, { user_id: user }]) {
+          for (const body of [{ jti: decodeJwt(target).jti, user_id: user }, { user_id: user }]) {
             const problem = expectProblem(await send(`${gw.url}${REVOCATIONS}`, { token: caller, json: body }), 403, 'GW_FORBIDDEN');
             assert.match(problem.detail, /tokens:revoke/);
           }
@@ -326,13 +326,16 @@ for (const store of ['in-memory', 'redis'] as const) {
       it('is 400 naming the field for a field out of range, an unknown field, or an expiry in the past', async () => {
         const now = Math.floor(Date.now() / 1000);
         const cases: Array<[unknown, string]> = [
-          [{ jti: '' }, 'jti'],
-          [{ jti: 'x'.repeat(129) }, 'jti'],
+          [{ jti: '', user_id: 'u' }, 'jti'],
+          [{ jti: 'x'.repeat(129), user_id: 'u' }, 'jti'],
           [{ user_id: '' }, 'user_id'],
-          [{ jti: 'a', expires_at: -1 }, 'expires_at'],
-          [{ jti: 'a', expires_at: now - 3600 }, 'expires_at'],
+          [{ jti: 'a' }, 'user_id'],
+          [{ jti: 'a', user_id: 'u', expires_at: -1 }, 'expires_at'],
+          [{ jti: 'a', user_id: 'u', expires_at: now - 3600 }, 'expires_at'],
+          [{ jti: 'a', user_id: 'u', issued_before: now }, 'issued_before'],
+          [{ user_id: 'u', expires_at: now + 60 }, 'expires_at'],
           [{ user_id: 'u', issued_before: 0 }, 'issued_before'],
-          [{ jti: 'a', reason: 'stolen' }, 'reason'],
+          [{ jti: 'a', user_id: 'u', reason: 'stolen' }, 'reason'],
         ];
         for (const [body, field] of cases) {
           const problem = expectProblem(await send(`${gw.url}${REVOCATIONS}`, { token: admin, json: body }), 400, 'GW_INVALID_BODY');
@@ -342,9 +345,9 @@ for (const store of ['in-memory', 'redis'] as const) {
 
       it('is 400 naming the field for a field of the wrong type', async () => {
         const cases: Array<[unknown, string]> = [
-          [{ jti: 42 }, 'jti'],
+          [{ jti: 42, user_id: 'u' }, 'jti'],
           [{ user_id: ['u'] }, 'user_id'],
-          [{ jti: 'a', expires_at: 'tomorrow' }, 'expires_at'],
+          [{ jti: 'a', user_id: 'u', expires_at: 'tomorrow' }, 'expires_at'],
           [{ user_id: 'u', issued_before: 1.5 }, 'issued_before'],
         ];
         const details: string[] = [];

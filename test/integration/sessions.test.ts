@@ -129,7 +129,7 @@ for (const store of ['redis', 'in-memory'] as const) {
       it('caches the session in redis as session:{sid} holding the user id alone, for at most 2 hours', async () => {
         const { userId, sid, token } = await openSession(auth, 'cached');
         await passes(token, 'the first request');
-        const key = `session:${sid}`;
+        const key = `session:{${userId}}:${sid}`;
         // Written after the answer to the first request is decided; a moment later it is there.
         await until(`${key} in redis`, 1_000, async () => ((await keys!.exists(key)) === 1 ? true : undefined), 5);
         assert.equal(await keys!.type(key), 'string');
@@ -143,7 +143,7 @@ for (const store of ['redis', 'in-memory'] as const) {
       it('refuses a token whose session redis holds for another user, without asking the auth service', async () => {
         const userId = freshUserId('mismatch');
         const sid = randomUUID();
-        await keys!.set(`session:${sid}`, freshUserId('owner'), 'EX', 600);
+        await keys!.set(`session:{${userId}}:${sid}`, freshUserId('owner'), 'EX', 600);
         const reached = upstream.received.length;
         expectSessionInvalid(await get(await signToken({ sub: userId, claims: { sid } })));
         assert.equal(auth.sessionChecks(sid), 0);
@@ -153,13 +153,14 @@ for (const store of ['redis', 'in-memory'] as const) {
 
     it('refuses an unknown session with 401 GW_AUTH_SESSION_INVALID before the upstream, and asks again next time', async () => {
       const sid = randomUUID();
-      const token = await signToken({ sub: freshUserId('unknown'), claims: { sid } });
+      const userId = freshUserId('unknown');
+      const token = await signToken({ sub: userId, claims: { sid } });
       const reached = upstream.received.length;
       expectSessionInvalid(await get(token));
       expectSessionInvalid(await get(token, `/api/v1/chat/history?session_id=${randomUUID()}`));
       assert.equal(upstream.received.length, reached, 'nothing reaches the upstream');
       assert.equal(auth.sessionChecks(sid), 2, 'an ended session is not cached as valid');
-      if (keys !== null) assert.equal(await keys.exists(`session:${sid}`), 0);
+      if (keys !== null) assert.equal(await keys.exists(`session:{${userId}}:${sid}`), 0);
     });
 
     it('refuses a session the auth service holds for another user', async () => {
@@ -197,7 +198,7 @@ for (const store of ['redis', 'in-memory'] as const) {
       await passes(first.accessToken, 'the first token');
       await passes(second.accessToken, 'the refreshed token');
       assert.equal(auth.sessionChecks(first.sessionId), 1);
-      const key = `session:${first.sessionId}`;
+      const key = `session:{${first.userId}}:${first.sessionId}`;
       if (keys !== null) await until(`${key} in redis`, 1_000, async () => ((await keys!.exists(key)) === 1 ? true : undefined), 5);
 
       const out = await send(`${gw.url}/api/v1/auth/logout`, { token: first.accessToken, json: {} });

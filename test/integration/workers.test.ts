@@ -319,7 +319,7 @@ describe('WORKERS=2: two gateway workers on one port, sharing one redis', { time
       for (const token of [revoked, loggedOut]) assert.equal((await fresh(gw, `/api/records/${randomUUID()}`, { token })).statusCode, 200);
     }
 
-    const res = await fresh(gw, REVOCATIONS, { token: admin, json: { jti: decodeJwt(revoked).jti } });
+    const res = await fresh(gw, REVOCATIONS, { token: admin, json: { jti: decodeJwt(revoked).jti, user_id: decodeJwt(revoked).sub } });
     assert.equal(res.statusCode, 200, `revocation: ${res.text}`);
     const out = await fresh(gw, LOGOUT, { token: loggedOut, method: 'POST' });
     assert.equal(out.statusCode, 200, `logout: ${out.text}`);

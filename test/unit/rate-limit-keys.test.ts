@@ -38,15 +38,15 @@ describe('rate-limit keys', () => {
   const control = new AccessControl(recording as unknown as RedisAccessStore, local, log);
   const stage = new AccessCheck(control, null as unknown as SessionValidator, log);
 
-  it('uses the spec key rate_limit:{user_id}, a route part for own limits, and ip: for anonymous clients', async () => {
+  it('uses the spec key rate_limit:{user_id} (a hash tag), a route part after it for own limits, and ip: for anonymous clients', async () => {
     recording.keys.length = 0;
     await stage.check(exchange(route('history', false), '7c9e6679-7425-40de-944b-e07fc1f90ae7'));
     await stage.check(exchange(route('reports', true), '7c9e6679-7425-40de-944b-e07fc1f90ae7'));
     await stage.check(exchange(route('history', false), null));
     assert.deepEqual(recording.keys, [
-      'rate_limit:7c9e6679-7425-40de-944b-e07fc1f90ae7',
-      'rate_limit:reports:7c9e6679-7425-40de-944b-e07fc1f90ae7',
-      'rate_limit:ip:10.0.0.1',
+      'rate_limit:{7c9e6679-7425-40de-944b-e07fc1f90ae7}',
+      'rate_limit:{7c9e6679-7425-40de-944b-e07fc1f90ae7}:reports',
+      'rate_limit:{ip:10.0.0.1}',
     ]);
     local.close();
   });
