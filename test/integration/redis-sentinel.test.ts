@@ -96,6 +96,8 @@ describe('REDIS_SENTINELS: a failover under traffic', () => {
     await refusedOnBoth(before, 'revoked before the failover');
 
     await sentinels.primary.stop();
+    // What /health says meanwhile (no addresses: how Redis is deployed and what the gateway does).
+    const states = new Set<string>();
     const seen = new Map<number, number>();
     const slowest = { ms: 0, status: 0 };
     // Traffic on both gateways, one fresh user per request, until each has served twice in a row.
@@ -114,10 +116,16 @@ describe('REDIS_SENTINELS: a failover under traffic', () => {
         else assert.equal(res.statusCode, 200, res.text);
         streak.set(gw, res.statusCode === 200 ? streak.get(gw)! + 1 : 0);
       }
+      const health = JSON.parse((await send(`${a.url}/health`)).text) as { redis: { mode: string; state: string } };
+      assert.equal(health.redis.mode, 'sentinel');
+      states.add(health.redis.state);
       return [...streak.values()].every((n) => n >= 2) ? true : undefined;
     }, 50);
     assert.ok(slowest.ms <= TIMEOUT_MS + SLACK_MS, `the slowest answer took ${Math.round(slowest.ms)} ms (${slowest.status}); seen ${JSON.stringify(Object.fromEntries(seen))}`);
     assert.equal(await sentinels.primaryPort(), sentinels.replica.port, 'the replica was promoted');
+    assert.ok(states.has('finding the primary'), `/health told of the search for the new primary: ${[...states].join(', ')}`);
+    const settled = JSON.parse((await send(`${a.url}/health`)).text) as { redis: unknown };
+    assert.deepEqual(settled.redis, { mode: 'sentinel', state: 'connected', primaries: 1 });
 
     assert.ok(await until('a shared limit again', 10_000, async () => ((await sharedLimit()) ? true : undefined)));
     await refusedOnBoth(before, 'revoked before the failover, after it');

@@ -154,6 +154,22 @@ describe('one redis round trip per authenticated request', () => {
     assert.ok(sent.every((c) => SCRIPT_CALLS.has(c.command)), `only script calls: ${sent.map((c) => c.command).join(', ')}`);
   });
 
+  it('revocations written by an earlier release (revoked:jti:<jti>, revoked:user:<user>) are still refused, in the same script call', async () => {
+    const user = `round-trip-legacy-${process.pid}`;
+    const byToken = await signToken({ sub: user });
+    const other = await signToken({ sub: user, issuedAt: Math.floor(Date.now() / 1000) - 60 });
+    await get('/api/records/before', byToken);
+    await keys.set(`revoked:jti:${decodeJwt(byToken).jti!}`, '1', 'EX', 600);
+    const seen = await commandsDuring(async () => {
+      const res = await send(`${gw.url}/api/records/after`, { token: byToken });
+      assert.equal(res.statusCode, 401, res.text);
+    });
+    assert.deepEqual(sentByClients(seen).map((c) => c.command), ['evalsha']);
+    assert.equal((await send(`${gw.url}/api/records/other`, { token: other })).statusCode, 200, 'the user\'s other token passes');
+    await keys.set(`revoked:user:${user}`, String(Math.floor(Date.now() / 1000) - 30), 'EX', 600);
+    assert.equal((await send(`${gw.url}/api/records/other`, { token: other })).statusCode, 401, 'a token issued before the user-wide revocation is refused');
+  });
+
   it('a revoked token costs one script call too, and counts nothing', async () => {
     const user = `round-trip-revoked-${process.pid}`;
     const token = await signToken({ sub: user });
