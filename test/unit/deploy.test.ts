@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { parseAllDocuments, parse } from 'yaml';
@@ -10,7 +11,7 @@ import { HorizontalPodAutoscaler } from 'kubernetes-models/autoscaling/v2/Horizo
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget';
 import { NetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1/NetworkPolicy';
 import { parseEnv } from '../../src/config/env.js';
-import { parseRoutesFile } from '../../src/config/load.js';
+import { loadConfig, parseRoutesFile } from '../../src/config/load.js';
 import { TEST_SECRET } from '../helpers/tokens.js';
 
 const DIR = new URL('../../deploy/kubernetes/', import.meta.url);
@@ -163,6 +164,60 @@ describe('deploy/kubernetes manifests', () => {
     assert.equal(args[args.indexOf('--appendonly') + 1], 'yes');
     assert.equal(args[args.indexOf('--maxmemory-policy') + 1], 'noeviction');
     assert.equal(redis.spec.volumeClaimTemplates[0].metadata.name, redis.spec.template.spec.containers[0].volumeMounts[0].name);
+  });
+});
+
+describe('deploy/redis-sentinel (the gateway on Redis Sentinel, a kustomize overlay)', () => {
+  const OVERLAY = new URL('../../deploy/redis-sentinel/', import.meta.url);
+  const own = parseAllDocuments(readFileSync(new URL('redis-sentinel.yaml', OVERLAY), 'utf8')).map((d) => d.toJS() as Manifest);
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const sentinelSet = own.find((m) => m.kind === 'StatefulSet') as Record<string, any>;
+
+  it('its manifests are valid against the Kubernetes schemas', () => {
+    for (const doc of own) {
+      const Model = MODELS[`${doc.apiVersion}/${doc.kind}`];
+      assert.ok(Model, `${doc.kind} has no schema here`);
+      assert.doesNotThrow(() => new Model(doc as never).validate(), `${doc.kind} ${doc.metadata.name}`);
+    }
+  });
+
+  it('three pods, each a Redis server and a sentinel; their start scripts are valid shell', () => {
+    assert.equal(sentinelSet.spec.replicas, 3);
+    const containers = sentinelSet.spec.template.spec.containers as Array<{ name: string; args: string[]; securityContext: { readOnlyRootFilesystem: boolean } }>;
+    assert.deepEqual(containers.map((c) => c.name), ['redis', 'sentinel']);
+    for (const c of containers) {
+      assert.equal(c.securityContext.readOnlyRootFilesystem, true);
+      const check = spawnSync('sh', ['-n', '-c', c.args[0]!], { encoding: 'utf8' });
+      assert.equal(check.status, 0, `${c.name}: ${check.stderr}`);
+    }
+    const redisArgs = containers[0]!.args[0]!;
+    assert.match(redisArgs, /--maxmemory-policy noeviction/);
+    assert.match(redisArgs, /--appendonly yes/);
+  });
+
+  it('the gateway env it patches in passes the gateway\'s own checks: sentinels named by pod, the password from a Secret', async () => {
+    const patch = parse(readFileSync(new URL('gateway-env.yaml', OVERLAY), 'utf8')) as { spec: { template: { spec: { containers: Array<{ env: Array<{ name: string; value?: string; valueFrom?: unknown }> }> } } } };
+    const env = patch.spec.template.spec.containers[0]!.env;
+    const plain = Object.fromEntries(env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value!]));
+    const sentinels = plain.REDIS_SENTINELS!.split(',');
+    assert.deepEqual(sentinels, [0, 1, 2].map((i) => `${sentinelSet.metadata.name}-${i}.${sentinelSet.spec.serviceName}:26379`));
+    assert.ok(env.find((e) => e.name === 'REDIS_PASSWORD')!.valueFrom, 'the password comes from a Secret');
+    const config = await loadConfig({ ...plain, JWT_SECRET: TEST_SECRET, ROUTES_FILE: 'config/routes.yaml' });
+    assert.equal(config.env.REDIS_SENTINEL_NAME, 'gateway');
+    assert.match(sentinelSet.spec.template.spec.containers[1].args[0], /sentinel monitor gateway /);
+  });
+
+  it('kustomize builds it: the single Redis gone, REDIS_URL replaced, the sentinel port open', (t) => {
+    const built = spawnSync('kubectl', ['kustomize', OVERLAY.pathname], { encoding: 'utf8' });
+    if (built.error !== undefined) return t.skip('kubectl is not installed');
+    assert.equal(built.status, 0, built.stderr);
+    const docs = parseAllDocuments(built.stdout).map((d) => d.toJS() as Manifest);
+    assert.ok(!docs.some((d) => d.metadata.name === 'api-gateway-redis' && (d.kind === 'StatefulSet' || d.kind === 'Service')));
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const gateway = docs.find((d) => d.kind === 'Deployment') as Record<string, any>;
+    const names = (gateway.spec.template.spec.containers[0].env as Array<{ name: string }>).map((e) => e.name);
+    assert.ok(!names.includes('REDIS_URL') && names.includes('REDIS_SENTINELS'));
+    assert.match(JSON.stringify(docs.find((d) => d.kind === 'NetworkPolicy' && d.metadata.name === 'api-gateway')), /26379/);
   });
 });
 
