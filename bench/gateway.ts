@@ -44,6 +44,8 @@ export interface GatewayOptions {
   nodeArgs?: string[];
   /** Revocations, sessions and rate limits in this Redis (one script call per request). */
   redisUrl?: string | null;
+  /** Or in this Redis Cluster (`host:port,...`). */
+  redisClusterNodes?: string | null;
   /** The audit trail: spooled on disk with fdatasync, delivered in batches to the stand-in. */
   audit?: boolean;
 }
@@ -91,6 +93,7 @@ routes:
       AUDIT_SPOOL_DIR: join(dir, `${name}.audit-spool`),
       AUDIT_ENABLED: o.audit === true ? 'true' : 'false',
       ...(o.redisUrl ? { REDIS_URL: o.redisUrl } : undefined),
+      ...(o.redisClusterNodes ? { REDIS_CLUSTER_NODES: o.redisClusterNodes } : undefined),
     },
     stdout: out,
     stderr: err,

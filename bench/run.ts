@@ -23,7 +23,7 @@ import { runFixedRate } from './fixed-rate.js';
 import { ensurePeers, PEERS, startPeer, type PeerName } from './peers.js';
 import { signToken, startGateway, tokenRotationScript, type Gateway } from './gateway.js';
 import { proxyConf, startNginx, upstreamConf, UPSTREAM_BODY } from './nginx.js';
-import { startRedis } from './redis.js';
+import { startRedis, startRedisCluster } from './redis.js';
 import { allowedCpus, freePort, stop, stopAll, which } from './procs.js';
 import { formatSummary, summarise as summariseProfile, type CpuProfile } from './profile.js';
 import { formatFacts, latencyTable, machineFacts, markdownTable, relative, summarise, type Facts, type LatencyRow, type Row, type Sample, type Summary } from './report.js';
@@ -135,7 +135,7 @@ function describePinning(p: Pinning): string {
   ].join('\n');
 }
 
-type TargetKey = 'direct' | 'nginx' | PeerName | 'gateway' | 'gateway-auth' | 'gateway-deployed' | 'gateway-auth-rotating';
+type TargetKey = 'direct' | 'nginx' | PeerName | 'gateway' | 'gateway-auth' | 'gateway-deployed' | 'gateway-deployed-cluster' | 'gateway-auth-rotating';
 
 interface Target {
   /** `@baseline` marks the same row measured on the BENCH_BASELINE build. */
@@ -287,6 +287,10 @@ async function startField(setup: Setup): Promise<Field> {
   }
   const lean = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway' });
   const deployed = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway-deployed', redisUrl, audit: true });
+  // The same pipeline on a Redis Cluster of three primaries, on the load core as well.
+  const cluster = await startRedisCluster(redisServer, cpuArg(pin.load), dir);
+  for (const child of cluster.children) setup.upstreamPids.push(child.pid!);
+  const onCluster = await startGateway(ROOT, dir, upstreamPort, secret, { cpu: proxyCpu, name: 'gateway-deployed-cluster', redisClusterNodes: cluster.nodes, audit: true });
 
   const gatewayTargets = (lean: Gateway, deployed: Gateway, suffix: string, at: '' | '@baseline'): Target[] => [
     { key: `gateway${at}`, label: `gateway, public route${suffix}`, url: `http://127.0.0.1:${lean.port}/plain`, headers: [], accessLog: lean.log, pids: [lean.child.pid!] },
@@ -315,6 +319,14 @@ async function startField(setup: Setup): Promise<Field> {
     peerTarget('fastify-proxy'),
     peerTarget('fastify-assembly'),
     ...gatewayTargets(lean, deployed, '', ''),
+    {
+      key: 'gateway-deployed-cluster',
+      label: 'gateway as deployed, on a Redis Cluster of three primaries',
+      url: `http://127.0.0.1:${onCluster.port}/records`,
+      headers: bearer,
+      accessLog: onCluster.log,
+      pids: [onCluster.child.pid!],
+    },
   ];
   if (setup.baselineRoot !== null) {
     const baseDir = join(dir, 'baseline');
@@ -377,6 +389,7 @@ async function compare(setup: Setup): Promise<void> {
     verdict(get('gateway-auth'), ceiling, 'the Node ceiling', TARGET_LEAN),
     verdict(get('gateway-deployed'), ceiling, 'the Node ceiling', TARGET_DEPLOYED),
     verdict(get('gateway-deployed'), get('fastify-assembly'), 'the Fastify assembly (Redis limit)', TARGET_DEPLOYED_VS_FASTIFY),
+    against(get('gateway-deployed-cluster'), get('gateway-deployed'), 'the same on one Redis'),
     ...(setup.baselineRoot === null ? [] : (['gateway', 'gateway-auth', 'gateway-deployed'] as const).map((k) => againstBaseline(get(k), get(`${k}@baseline`), o.baseline!))),
     `runs skewed by other processes (> ${FOREIGN_LIMIT * 100}% of either core): ${skewed} of ${all.length}`,
   ];
@@ -403,7 +416,7 @@ async function compare(setup: Setup): Promise<void> {
 }
 
 /** The rows whose latency at a fixed rate is compared. */
-const LATENCY_ROWS: ReadonlyArray<Target['key']> = ['direct', 'raw', 'fastify-assembly', 'gateway-auth', 'gateway-deployed', 'gateway-deployed@baseline'];
+const LATENCY_ROWS: ReadonlyArray<Target['key']> = ['direct', 'raw', 'fastify-assembly', 'gateway-auth', 'gateway-deployed', 'gateway-deployed-cluster', 'gateway-deployed@baseline'];
 
 /**
  * Latency at a fixed rate, the way a real client population loads the gateway: well below
@@ -474,10 +487,16 @@ async function soak(setup: Setup): Promise<void> {
  * the two rows (each one's spread over the rounds) to read the difference against.
  */
 function againstBaseline(now: Summary, before: Summary, rev: string): string {
+  return against(now, before, `baseline ${rev}`);
+}
+
+/** One row against another: requests per proxy CPU-second, and whether the difference is within the two rows' noise. */
+function against(now: Summary, other: Summary, name: string): string {
   const perCpu = (s: Summary) => (s.proxyCpu === null || s.proxyCpu === 0 ? s.rps : s.rps / s.proxyCpu);
-  const ratio = perCpu(now) / perCpu(before);
-  const noise = Math.max(now.spread, before.spread) * 50;
-  return `${now.label}: ${ratio.toFixed(3)} x baseline ${rev} per proxy CPU-second (${((ratio - 1) * 100).toFixed(1)}%; the noise of this pair of rows: ±${noise.toFixed(1)}%)`;
+  const ratio = perCpu(now) / perCpu(other);
+  const noise = Math.max(now.spread, other.spread) * 50;
+  const within = Math.abs(ratio - 1) * 100 <= noise ? 'within' : 'outside';
+  return `${now.label}: ${ratio.toFixed(3)} x ${name} per proxy CPU-second (${((ratio - 1) * 100).toFixed(1)}%; ${within} the noise of this pair of rows: ±${noise.toFixed(1)}%)`;
 }
 
 /**

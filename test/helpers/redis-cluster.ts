@@ -3,7 +3,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import { hashSlot } from '../../src/stores/hash-slot.js';
 import { until } from './poll.js';
 import { startRedis, type TestRedis } from './redis.js';
@@ -32,19 +32,28 @@ export interface TestCluster {
   stop(): Promise<void>;
 }
 
+export interface ClusterOptions {
+  /** More arguments for every redis-server (TLS, a password). */
+  serverArgs?: string[];
+  /** More arguments for redis-cli (`--tls --cacert …`, `-a …`). */
+  cliArgs?: string[];
+  /** How the test's own clients connect (TLS, the password). */
+  clientOptions?: RedisOptions;
+}
+
 /**
  * Three primaries of a Redis Cluster on loopback (no replicas), slots spread evenly by
  * `redis-cli --cluster create`; resolves once every node reports the cluster ok.
  */
-export async function startCluster(): Promise<TestCluster> {
+export async function startCluster(o: ClusterOptions = {}): Promise<TestCluster> {
   const dir = await mkdtemp(join(tmpdir(), 'gw-cluster-'));
   const servers = await Promise.all(
-    [0, 1, 2].map(() => startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes-{port}.conf'), '--cluster-node-timeout', '1000'])),
+    [0, 1, 2].map(() => startRedis(['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes-{port}.conf'), '--cluster-node-timeout', '1000', ...(o.serverArgs ?? [])])),
   );
-  await run('redis-cli', ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-yes'], { timeout: 30_000 });
+  await run('redis-cli', ['--cluster', 'create', ...servers.map((s) => `127.0.0.1:${s.port}`), '--cluster-yes', ...(o.cliArgs ?? [])], { timeout: 30_000 });
   const nodes: ClusterNode[] = [];
   for (const s of servers) {
-    const client = new Redis(s.url, { maxRetriesPerRequest: 1, connectTimeout: 1_000 });
+    const client = new Redis({ host: '127.0.0.1', port: s.port, maxRetriesPerRequest: 1, connectTimeout: 1_000, ...o.clientOptions });
     client.on('error', () => undefined);
     nodes.push({ ...s, id: (await client.call('CLUSTER', 'MYID')) as string, client });
   }
