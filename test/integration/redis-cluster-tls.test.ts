@@ -67,7 +67,11 @@ describe('REDIS_CLUSTER_NODES with REDIS_TLS, REDIS_CA_FILE and REDIS_PASSWORD',
   });
 
   it('without the CA, or without the password, the PHI route fails closed', async () => {
-    for (const extra of [{ REDIS_TLS: 'true', REDIS_PASSWORD: PASSWORD }, { REDIS_TLS: 'true', REDIS_CA_FILE: caFile }]) {
+    const cases: Array<Record<string, string>> = [
+      { REDIS_TLS: 'true', REDIS_PASSWORD: PASSWORD },
+      { REDIS_TLS: 'true', REDIS_CA_FILE: caFile },
+    ];
+    for (const extra of cases) {
       const gw = await startTestGateway(routes(upstream.url), env(extra));
       gateways.push(gw);
       expectProblem(await send(`${gw.url}/records/1`, { token: await signToken({ sub: 'tls-refused' }) }), 503, 'GW_AUTH_UNAVAILABLE');
