@@ -1,7 +1,7 @@
 import cluster from 'node:cluster';
 import { readFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
-import type { CompileScope, ResolvedRoute } from './config/compile.js';
+import type { CompileScope, CompiledConfig, ResolvedRoute } from './config/compile.js';
 import { trustedProxyList } from './config/env.js';
 import { LiveConfig } from './config/live-config.js';
 import type { GatewayConfig } from './config/load.js';
@@ -77,7 +77,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   // The request path. A request enters by one of two doors: the gateway's own endpoints...
   const ownDoor = [requestId, admit, ownEndpoints({ health: r.health, metrics: r.metrics, version: VERSION, isShuttingDown })];
   // ...or the entry, after which the matched route's chain runs,
-  const entry = [requestId, admit, canonicalPath, preflight(table, hsts), routeMatch(table), cors];
+  const entry = entryStages(table, hsts, admit);
   // built per route when the config compiles from ROUTE_CHAIN (above);
   // forward's upstream call, from the outermost layer in;
   const upstreamCall = compose([errorMap, breaker, balance, retry, outlier, deadline], send);
@@ -122,6 +122,11 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   };
   admin = await openAdmin(env.ADMIN_PORT, r, gateway, logger);
   return gateway;
+}
+
+/** The entry of every request that is not for the gateway's own endpoints: the matched route's chain runs after it. */
+export function entryStages(table: () => CompiledConfig, hsts: string | null, admit: Stage): Stage[] {
+  return [requestId, admit, canonicalPath, preflight(table, hsts), routeMatch(table), cors];
 }
 
 export type StageDeps = ReturnType<typeof stageDeps> & CompileScope;

@@ -58,23 +58,9 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
   const upstreamCa = env.UPSTREAM_CA_FILE === undefined ? undefined : await readFile(env.UPSTREAM_CA_FILE).catch((err: NodeJS.ErrnoException) => {
     throw new ConfigError([`UPSTREAM_CA_FILE: cannot read "${env.UPSTREAM_CA_FILE}" (${err.code ?? 'error'})`]);
   });
-  const verifier = await JwtVerifier.create({
-    keys: [
-      { secret: env.JWT_SECRET, kid: env.JWT_KID },
-      ...(env.JWT_PREVIOUS_SECRET !== undefined ? [{ secret: env.JWT_PREVIOUS_SECRET, kid: env.JWT_PREVIOUS_KID, untilMs: env.JWT_PREVIOUS_SECRET_EXPIRES_AT }] : []),
-    ],
-    maxLifetimeSeconds: env.JWT_EXPIRES_IN,
-    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
-    issuer: env.JWT_ISSUER,
-    audience: env.JWT_AUDIENCE,
-    jwksUrl: env.JWT_JWKS_URL,
-    jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
-  });
+  const verifier = await createVerifier(env);
   const upstreams = new UpstreamRegistry(logger, undefined, upstreamCa);
-  const redisCa = env.REDIS_CA_FILE === undefined ? undefined : await readFile(env.REDIS_CA_FILE).catch((err: NodeJS.ErrnoException) => {
-    throw new ConfigError([`REDIS_CA_FILE: cannot read "${env.REDIS_CA_FILE}" (${err.code ?? 'error'})`]);
-  });
-  const { redis, pipe, subscriber, local, accessControl } = openStores(redisConnectionOf(env, redisCa), env.REDIS_COMMAND_TIMEOUT_MS, logger);
+  const { redis, pipe, subscriber, local, accessControl } = openStores(await redisConnection(env), env.REDIS_COMMAND_TIMEOUT_MS, logger);
   const audit = env.AUDIT_ENABLED ? await openAudit(config, upstreamCa, logger) : null;
   const tracing = tracingConfigured(config.source) ? new Tracing(config.source, VERSION) : null;
   const memoryLimitBytes = await resolveMemoryLimit(env.MEMORY_LIMIT_MB);
@@ -110,6 +96,30 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
       subscriber?.disconnect();
     },
   };
+}
+
+/** The verifier of the gateway's tokens: the current key, the previous one during a rotation, or a JWKS. */
+export function createVerifier(env: GatewayConfig['env']): Promise<JwtVerifier> {
+  return JwtVerifier.create({
+    keys: [
+      { secret: env.JWT_SECRET, kid: env.JWT_KID },
+      ...(env.JWT_PREVIOUS_SECRET !== undefined ? [{ secret: env.JWT_PREVIOUS_SECRET, kid: env.JWT_PREVIOUS_KID, untilMs: env.JWT_PREVIOUS_SECRET_EXPIRES_AT }] : []),
+    ],
+    maxLifetimeSeconds: env.JWT_EXPIRES_IN,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    issuer: env.JWT_ISSUER,
+    audience: env.JWT_AUDIENCE,
+    jwksUrl: env.JWT_JWKS_URL,
+    jwksTimeoutMs: env.AUTH_REQUEST_TIMEOUT_MS,
+  });
+}
+
+/** How the environment says to reach Redis (its CA bundle read), or null for the in-process stores. */
+export async function redisConnection(env: GatewayConfig['env']): Promise<RedisConnection | null> {
+  const ca = env.REDIS_CA_FILE === undefined ? undefined : await readFile(env.REDIS_CA_FILE).catch((err: NodeJS.ErrnoException) => {
+    throw new ConfigError([`REDIS_CA_FILE: cannot read "${env.REDIS_CA_FILE}" (${err.code ?? 'error'})`]);
+  });
+  return redisConnectionOf(env, ca);
 }
 
 /** The spec's health logic over the gateway's dependencies; its reports keep the dependency gauges current. */
@@ -151,6 +161,16 @@ function openStores(
 ): { redis: Redis | Cluster | null; pipe: RespPipe | ClusterPipe | null; subscriber: Redis | Cluster | null; local: MemoryAccessStore; accessControl: AccessControl } {
   const local = new MemoryAccessStore();
   if (connection === null) return { redis: null, pipe: null, subscriber: null, local, accessControl: new AccessControl(null, local, logger, timeoutMs) };
+  const { redis, pipe, store } = openRedisStore(connection, timeoutMs, logger);
+  const accessControl = new AccessControl(store, local, logger, timeoutMs);
+  // Revocations announced by other replicas, mirrored for use while Redis is away.
+  const subscriber = createRedisClient(connection, timeoutMs, logger);
+  accessControl.listen(subscriber);
+  return { redis, pipe, subscriber, local, accessControl };
+}
+
+/** The shared store on Redis: a general client, and the request path's pipe (one per primary of a cluster). */
+export function openRedisStore(connection: RedisConnection, timeoutMs: number, logger: Logger): { redis: Redis | Cluster; pipe: RespPipe | ClusterPipe; store: RedisAccessStore } {
   const redis = createRedisClient(connection, timeoutMs, logger);
   // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
   const pipeOptions = {
@@ -162,11 +182,7 @@ function openStores(
     connection.kind === 'cluster'
       ? new ClusterPipe(connection.nodes, { ...pipeOptions, password: connection.password, tls: connection.tls, timeoutMs })
       : new RespPipe(pipeTarget(connection, 1_000), pipeOptions);
-  const accessControl = new AccessControl(new RedisAccessStore(redis, pipe), local, logger, timeoutMs);
-  // Revocations announced by other replicas, mirrored for use while Redis is away.
-  const subscriber = createRedisClient(connection, timeoutMs, logger);
-  accessControl.listen(subscriber);
-  return { redis, pipe, subscriber, local, accessControl };
+  return { redis, pipe, store: new RedisAccessStore(redis, pipe) };
 }
 
 function openAudit(config: GatewayConfig, ca: Buffer | undefined, logger: Logger): Promise<AuditTrail> {

@@ -48,6 +48,8 @@ export type Revocation =
 export interface SharedAccessStore {
   /** Revocation, session and rate limit of one request, together. */
   check(q: AccessQuery): Promise<AccessAnswer>;
+  /** The same answer, counting nothing (what a request would get). */
+  peek(q: AccessQuery): Promise<AccessAnswer>;
   isRevoked(token: TokenFacts): Promise<boolean>;
   count(key: string, limit: number, windowMs: number, mode: CountMode): Promise<RateLimitDecision>;
   /** Recorded for every replica, and announced to them. */

@@ -48,13 +48,14 @@ ${GCRA}`;
  * A request with a verified token: revocation, session and rate limit, read and decided
  * atomically in one round trip. KEYS: rate, revoked jti, revoked user, session, and on one Redis
  * the two revocation keys of the earlier layout (access-store.ts, legacyKeys).
- * ARGV: interval, window, has_jti ('1'/'0'), iat ('' when none), has_session ('1'/'0').
+ * ARGV: interval, window, has_jti ('1'/'0'), iat ('' when none), has_session ('1'/'0'), and
+ * 'dry' to answer without counting (the operator's explain command).
  * A revoked token returns {2} and counts nothing.
  */
 const ACCESS = `
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
-local dry = false
+local dry = ARGV[6] == 'dry'
 if ARGV[3] == '1' and (redis.call('EXISTS', KEYS[2]) == 1 or (KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1)) then return {2} end
 local before = tonumber(redis.call('GET', KEYS[3]))
 if KEYS[6] then
@@ -127,24 +128,28 @@ export class RedisAccessStore implements SharedAccessStore {
     this.legacy = !isCluster(redis);
   }
 
-  async check(q: AccessQuery): Promise<AccessAnswer> {
+  check(q: AccessQuery): Promise<AccessAnswer> {
+    return this.access(q, false);
+  }
+
+  peek(q: AccessQuery): Promise<AccessAnswer> {
+    return this.access(q, true);
+  }
+
+  private async access(q: AccessQuery, dry: boolean): Promise<AccessAnswer> {
     const interval = String(q.windowMs / q.limit);
     const window = String(q.windowMs);
     const token = q.token;
     if (token === null) {
-      const counted = (await this.pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, 'take'])) as Reply;
+      const counted = (await this.pipe.run(COUNT_SCRIPT, [q.rateKey], [interval, window, dry ? 'check' : 'take'])) as Reply;
       return { revoked: false, sessionUser: null, decision: decisionOf(counted, q.limit) };
     }
     const tokenId = token.tokenId ?? '';
     const access = [q.rateKey, keys.revokedToken(token.userId, tokenId), keys.revokedUser(token.userId), keys.session(token.userId, token.sessionId ?? '')];
     if (this.legacy) access.push(legacyKeys.revokedToken(tokenId), legacyKeys.revokedUser(token.userId));
-    const reply = (await this.pipe.run(ACCESS_SCRIPT, access, [
-      interval,
-      window,
-      token.tokenId !== null ? '1' : '0',
-      token.issuedAt !== null ? String(token.issuedAt) : '',
-      token.sessionId !== null ? '1' : '0',
-    ])) as Reply;
+    const args = [interval, window, token.tokenId !== null ? '1' : '0', token.issuedAt !== null ? String(token.issuedAt) : '', token.sessionId !== null ? '1' : '0'];
+    if (dry) args.push('dry');
+    const reply = (await this.pipe.run(ACCESS_SCRIPT, access, args)) as Reply;
     if (reply[0] === 2) return REVOKED;
     return { revoked: false, sessionUser: reply[4] ?? null, decision: decisionOf(reply, q.limit) };
   }
