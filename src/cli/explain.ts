@@ -44,6 +44,9 @@ export interface Explanation {
   answer: { status: number | null; code: string | null; detail: string; headers: Record<string, string> };
 }
 
+/** Header values never printed. */
+const CREDENTIALS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie']);
+
 /** Stages that read the request body: explain sends none, so it stops before them. */
 const NEEDS_BODY = new Set(['auth-flow', 'revoke']);
 
@@ -119,6 +122,8 @@ export async function explain(config: GatewayConfig, input: ExplainInput): Promi
           return false;
         }
         const verdict = await s.handle(ex, req, res);
+        // No route: route-match leaves its 404 or 405 for the runner, which answers it next.
+        if (s.name === 'route-match' && ex.route === null) return true;
         stages.push({ stage: s.name, ...describe(s.name, verdict, ex, req.headers.origin) });
         if (verdict !== PASS) {
           ending = verdict;
@@ -167,7 +172,7 @@ export async function explain(config: GatewayConfig, input: ExplainInput): Promi
               service: service.name,
               instances: service.instances.map((i) => i.origin),
               target: ex.upstreamTarget,
-              headers: pairs(ex.upstreamHeaders ?? []).map(([n, v]) => [n, maskToken(v)] as [string, string]),
+              headers: pairs(ex.upstreamHeaders ?? []).map(([n, v]) => [n, CREDENTIALS.has(n) ? `<${v.length} characters, not shown>` : maskToken(v)] as [string, string]),
             },
       answer: answerOf(ending, res, via !== null),
     };

@@ -64,6 +64,8 @@ export async function inspectToken(config: GatewayConfig, token: string, now = D
   const verifier = await createVerifier(env);
   const result = await verifier.verifyUncached(`Bearer ${token}`);
   let verdict: TokenReport['verdict'] = result.ok ? { passes: true, code: null, detail: 'the gateway would accept this token' } : { passes: false, code: result.reason, detail: result.detail };
+  // The verifier speaks of the Authorization header; here there is only the token.
+  if (!result.ok && result.reason === 'GW_AUTH_TOKEN_MALFORMED') verdict = { ...verdict, detail: 'the token cannot be decoded: a JWT is three base64url parts joined by dots' };
   if (result.ok) verdict = await revocationVerdict(config, result.identity, verdict);
   return { header, claims, facts, signature, verdict };
 }
