@@ -31,6 +31,7 @@ import { revoke } from './pipeline/revoke.js';
 import { routeMatch } from './pipeline/route-match.js';
 import { Runner } from './pipeline/run.js';
 import { transform } from './pipeline/transform.js';
+import { SocketRegistry, websocket } from './pipeline/websocket.js';
 import { openResources, type Resources } from './resources.js';
 import { createGatewayServer, hstsValue, serverOptions } from './server.js';
 import { CertificateWatcher, type TlsMaterial } from './tls.js';
@@ -58,7 +59,7 @@ export interface Gateway {
  * Every route's chain is built from these stages, in this order, when the config compiles; a
  * stage the route does not need leaves itself out (a route without roles has no authorize step).
  */
-export const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [authenticate, authorize, accessCheck, contentType, auditGate, authFlow, transform, forward, revoke];
+export const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [authenticate, authorize, accessCheck, contentType, auditGate, authFlow, transform, websocket, forward, revoke];
 
 /**
  * The composition root: wiring only. The request path is the lists below (docs/architecture.md
@@ -85,7 +86,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
   const finish = finisher({ accessLog, audit: r.audit, metrics: r.metrics, logger, isShuttingDown, closeIdle: () => http.closeIdleConnections() });
 
-  const deps = stageDeps(config, r, upstreamCall, logger);
+  // Open WebSockets: closed on revocation (on any replica) and at shutdown.
+  const sockets = new SocketRegistry(r.accessControl);
+  const deps = stageDeps(config, r, upstreamCall, sockets, logger);
   const chainFor = (route: ResolvedRoute, scope: CompileScope): Stage[] => ROUTE_CHAIN.map((s) => s.create(route, { ...deps, ...scope })).filter((s) => s !== null);
   routes = await LiveConfig.create(config.routes, env, r.upstreams, chainFor, () => (shuttingDown ? 'the gateway is shutting down' : null)).catch(async (err: unknown) => {
     await r.close();
@@ -101,7 +104,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       logger,
     },
   );
-  const http = createGatewayServer(serverOptions(env, r.tls), runner.handle, logger);
+  const http = createGatewayServer(serverOptions(env, r.tls), runner.handle, logger, runner.handleUpgrade);
   const reloads = await watchConfig(config, r, routes.swapIn, http.setSecureContext, logger);
 
   let admin: Server | null = null;
@@ -115,6 +118,8 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       shuttingDown = true;
       reloads.close();
       admin?.close();
+      // A close frame to every WebSocket first; the server's close does not wait for them.
+      sockets.closeAll();
       await http.close();
       accessLog.flush();
       await r.close();
@@ -132,7 +137,7 @@ export function entryStages(table: () => CompiledConfig, hsts: string | null, ad
 export type StageDeps = ReturnType<typeof stageDeps> & CompileScope;
 
 /** What the route stages are handed, besides the config they are compiled from. */
-function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType<typeof compose>, logger: Loggers['log']) {
+function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType<typeof compose>, sockets: SocketRegistry, logger: Loggers['log']) {
   const { env } = config;
   return {
     logger,
@@ -151,6 +156,10 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
     tls: r.tls !== null,
     upstreamCall,
     tracing: r.tracing,
+    sockets,
+    metrics: r.metrics,
+    upstreamCa: r.upstreamCa,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
   };
 }
 

@@ -24,6 +24,7 @@ export const ERRORS = {
   GW_ROUTE_NOT_FOUND: { status: 404, title: 'Not Found' },
   GW_METHOD_NOT_ALLOWED: { status: 405, title: 'Method Not Allowed' },
   GW_REQUEST_TIMEOUT: { status: 408, title: 'Request Timeout' },
+  GW_UPGRADE_REQUIRED: { status: 426, title: 'Upgrade Required' },
   GW_BODY_TOO_LARGE: { status: 413, title: 'Content Too Large' },
   GW_UNSUPPORTED_MEDIA_TYPE: { status: 415, title: 'Unsupported Media Type' },
   GW_RATE_LIMITED: { status: 429, title: 'Too Many Requests' },

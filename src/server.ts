@@ -2,6 +2,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createSecureServer, type Http2Session } from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { SecureContextOptions, Server as TlsServer } from 'node:tls';
 import type { Env } from './config/env.js';
 import { ERRORS, problem, PROBLEM_CONTENT_TYPE, type ErrorCode } from './errors.js';
@@ -53,7 +54,13 @@ export interface GatewayServer {
  * request, own endpoint or proxied, goes to `handle`. Malformed requests that never become one
  * (bad framing, headers too large, a client too slow) get the gateway's problem on the raw socket.
  */
-export function createGatewayServer(options: ServerOptions, handle: (req: IncomingMessage, res: ServerResponse) => void, logger: Logger): GatewayServer {
+export function createGatewayServer(
+  options: ServerOptions,
+  handle: (req: IncomingMessage, res: ServerResponse) => void,
+  logger: Logger,
+  /** Requests with Upgrade (WebSockets) come here with their raw socket, over HTTP/1.1. */
+  upgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
+): GatewayServer {
   // A missing Host gets the gateway's own 400 (pipeline/framing.ts), not Node's bare one.
   const common = { maxHeaderSize: options.maxHeaderBytes, requireHostHeader: false };
   const sessions = new Set<Http2Session>();
@@ -84,6 +91,7 @@ export function createGatewayServer(options: ServerOptions, handle: (req: Incomi
   server.requestTimeout = options.requestTimeoutMs;
   server.headersTimeout = options.headersTimeoutMs;
   server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, logger));
+  if (upgrade !== undefined) server.on('upgrade', upgrade);
   return {
     server,
     setSecureContext: (m) => tlsServer!.setSecureContext({ cert: m.cert, key: m.key, minVersion: MIN_TLS_VERSION } satisfies SecureContextOptions),

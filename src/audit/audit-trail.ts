@@ -16,6 +16,20 @@ export interface AuditRecord {
   readonly auditAdmitted: boolean;
 }
 
+/** How a WebSocket ended, for its closing audit event (websocket.ts). */
+export interface SocketClose {
+  readonly durationMs: number;
+  /** From the client to the upstream, and back. */
+  readonly framesIn: number;
+  readonly bytesIn: number;
+  readonly framesOut: number;
+  readonly bytesOut: number;
+  readonly code: number;
+  readonly closedBy: 'client' | 'upstream' | 'gateway';
+  /** A fixed word (websocket.ts), never the peer's close reason text. */
+  readonly reason: string;
+}
+
 const EVENTS_PATH = '/api/v1/audit/events';
 const BATCH = 500;
 const IDLE_WAIT_MS = 1_000;
@@ -119,6 +133,30 @@ export class AuditTrail {
       `,"route":${JSON.stringify(route.template)},"route_name":"${route.name}","method":${JSON.stringify(method)},"status":${status}` +
       `,"client_ip":${JSON.stringify(ex.clientIp)},"break_glass":${ex.breakGlass !== null},"phi":${route.phi},"service":"api-gateway"}`;
     // A PHI request was let through only while the spool had room: its event may use the headroom.
+    if (!this.spool.append(line, ex.auditAdmitted)) {
+      this.dropped++;
+      if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
+    }
+  }
+
+  /**
+   * A WebSocket's two events: when it opens (after the upstream accepted it) and when it closes,
+   * with how long it was open, frames and bytes each way, the close code and who closed it. Never
+   * the content of a message.
+   */
+  recordSocket(ex: AuditRecord, phase: 'open' | 'close', closed: SocketClose | null): void {
+    const route = ex.route!;
+    const who = ex.identity;
+    const detail =
+      closed === null
+        ? ''
+        : `,"duration_ms":${Math.round(closed.durationMs)},"frames_in":${closed.framesIn},"bytes_in":${closed.bytesIn},"frames_out":${closed.framesOut},"bytes_out":${closed.bytesOut}` +
+          `,"close_code":${closed.code},"closed_by":"${closed.closedBy}","close_reason":"${closed.reason}"`;
+    const line =
+      `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"websocket_${phase}","request_id":"${ex.id}"` +
+      `,"user_id":${who === null ? 'null' : JSON.stringify(who.userId)},"role":${who === null ? 'null' : `"${who.role}"`}` +
+      `,"route":${JSON.stringify(route.template)},"route_name":"${route.name}","method":"GET","status":101` +
+      `,"client_ip":${JSON.stringify(ex.clientIp)},"break_glass":${ex.breakGlass !== null},"phi":${route.phi}${detail},"service":"api-gateway"}`;
     if (!this.spool.append(line, ex.auditAdmitted)) {
       this.dropped++;
       if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');

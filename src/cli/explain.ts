@@ -11,6 +11,7 @@ import { AuthFailureLimit } from '../pipeline/auth-failure-limit.js';
 import { ClientAddress } from '../pipeline/client-address.js';
 import { ANSWERED, Exchange, PASS, stage, type Refusal, type Stage, type Verdict } from '../pipeline/exchange.js';
 import { forward } from '../pipeline/forward.js';
+import { SocketRegistry, websocket } from '../pipeline/websocket.js';
 import { createVerifier, openRedisStore, redisConnection } from '../resources.js';
 import { DryAccessStore } from '../stores/dry-access-store.js';
 import { AccessControl } from '../stores/failover-access-store.js';
@@ -88,15 +89,19 @@ export async function explain(config: GatewayConfig, input: ExplainInput): Promi
       throw new Error('explain sends nothing upstream');
     },
     tracing: null,
+    sockets: new SocketRegistry(null),
+    metrics: null,
+    upstreamCa: undefined,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
   };
   const { table, close } = await compiled(config, (route, scope) =>
     ROUTE_CHAIN.flatMap((s): Stage[] => {
       const built = s.create(route as never, { ...deps, ...scope } as never);
       if (built === null) return [];
-      if (s !== forward) return [built];
+      if (s !== forward && s !== websocket) return [built];
       // Where the request would go, and nothing sent.
       return [
-        stage('forward', () => {
+        stage(s.name, () => {
           forwarded = { route };
           return ANSWERED;
         }),
@@ -204,6 +209,7 @@ function refusalText(r: Refusal): string {
 function describe(name: string, verdict: Verdict, ex: Exchange, origin: string | undefined): Omit<StageVerdict, 'stage'> {
   if (verdict === ANSWERED) {
     if (name === 'forward') return { verdict: 'answered', detail: 'would send the request to the upstream (nothing sent)' };
+    if (name === 'websocket') return { verdict: 'answered', detail: "would open the upstream's WebSocket, then answer 101 (nothing sent)" };
     return { verdict: 'answered', detail: name === 'preflight' ? 'answers the CORS preflight itself' : 'answers the request itself' };
   }
   if (verdict !== PASS) return { verdict: 'refused', detail: refusalText(verdict) };

@@ -11,6 +11,7 @@ import { RESERVED_PATHS } from '../pipeline/own-endpoints.js';
 import { rateLimitSchema } from '../pipeline/rate-limit-policy.js';
 import { routeMatchSchema } from '../pipeline/route-match.js';
 import { transformSchema } from '../pipeline/transform.js';
+import { websocketSchema } from '../pipeline/websocket.js';
 import { NAME } from '../schema-fields.js';
 import { serviceSchema } from '../upstream/service-schema.js';
 
@@ -36,6 +37,8 @@ const routeFields = z.strictObject({
   connectTimeoutMs: forwardSchema.connectTimeoutMs,
   maxBodyBytes: forwardSchema.maxBodyBytes,
   bodyTimeoutMs: forwardSchema.bodyTimeoutMs,
+  streamIdleTimeoutMs: forwardSchema.streamIdleTimeoutMs,
+  ...websocketSchema,
   ...rateLimitSchema,
   ...contentTypeSchema,
   ...auditGateSchema,

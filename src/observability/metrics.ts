@@ -95,6 +95,8 @@ export class Metrics {
   private readonly authFailures: Counter<'reason'>;
   private readonly rateLimited: Counter;
   private readonly reloads: Counter<'result'>;
+  private readonly socketsOpen: Gauge<'path'>;
+  private readonly socketCloses: Counter<'path' | 'reason'>;
   private readonly dependencyUp: Gauge<'dependency'>;
   private readonly limitedSubjects = new DistinctPerMinute(10_000);
   /** By `method path status`: bounded by routes x methods x statuses. */
@@ -127,6 +129,19 @@ export class Metrics {
     this.rateLimited = new Counter({
       name: 'api_gateway_rate_limit_exceeded_total',
       help: 'Rate limit exceeded events',
+      registers: [this.registry],
+    });
+    this.socketsOpen = new Gauge({
+      name: 'api_gateway_websockets_open',
+      help: 'WebSockets open through the gateway, by route template',
+      labelNames: ['path'],
+      registers: [this.registry],
+      aggregator: 'sum',
+    });
+    this.socketCloses = new Counter({
+      name: 'api_gateway_websocket_closes_total',
+      help: 'WebSockets closed, by route template and reason (client, upstream, idle, expired, revoked, too_large, shutdown, error)',
+      labelNames: ['path', 'reason'],
       registers: [this.registry],
     });
     this.reloads = new Counter({
@@ -187,6 +202,15 @@ export class Metrics {
   /** The result of the last health check, for the dependency alert. */
   dependencyHealth(name: string, up: boolean): void {
     this.dependencyUp.set({ dependency: name }, up ? 1 : 0);
+  }
+
+  socketOpened(path: string): void {
+    this.socketsOpen.inc({ path });
+  }
+
+  socketClosed(path: string, reason: string): void {
+    this.socketsOpen.dec({ path });
+    this.socketCloses.inc({ path, reason });
   }
 
   configReload(ok: boolean): void {

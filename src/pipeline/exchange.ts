@@ -1,9 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Span } from '@opentelemetry/api';
 import type { Identity } from '../auth/identity.js';
 import type { ErrorCode } from '../errors.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 import type { UpstreamCall } from '../upstream/call.js';
+import type { SocketClose } from '../audit/audit-trail.js';
 import type { CorsPolicy } from './cors-policy.js';
 import type { RateLimitPolicy } from './rate-limit-policy.js';
 
@@ -14,6 +16,14 @@ import type { RateLimitPolicy } from './rate-limit-policy.js';
  * returns a promise only when it waits on I/O, so a request that needs none runs through the
  * whole chain synchronously.
  */
+
+/** What an upgrade request brings besides the request: the raw socket, and the bytes read past its head. */
+export interface UpgradeContext {
+  readonly socket: Duplex;
+  readonly head: Buffer;
+  /** The client offered its token as a subprotocol (websocket.ts, bearerFromProtocols). */
+  readonly bearer: boolean;
+}
 
 /** A refusal: the runner answers with this code's problem (errors.ts) and the chain stops. */
 export interface Refusal {
@@ -116,9 +126,17 @@ export class Exchange {
   upstreamFailure: string | null = null;
   /** forward: the upstream call's span. */
   upstreamSpan: Span | null = null;
+  /** websocket: the socket was handed to the WebSocket (the exit phase waits for its close). */
+  webSocketOpen = false;
+  /** websocket: how the WebSocket ended, for the exit phase. */
+  webSocket: SocketClose | null = null;
   /** own-endpoints: the metrics and log label of the gateway's own endpoint that answered. */
   label: string | null = null;
   // Written by the runner.
+  /** An upgrade request: its raw socket and the bytes read past its head. */
+  upgrade: UpgradeContext | null = null;
+  /** An upgrade request: runs the exit phase (a WebSocket's, when it closes). */
+  closeExchange: (() => void) | null = null;
   /** The server span (tracing on), and the span of the traced stage under way. */
   span: Span | null = null;
   stageSpan: Span | null = null;

@@ -43,10 +43,14 @@ export function finisher({ accessLog, audit, metrics, logger, isShuttingDown, cl
     ex.inFlight?.clientClosed();
     ex.after?.(ex);
     const ms = performance.now() - ex.startedAt;
-    const status = res.writableFinished ? res.statusCode : 499;
+    // A WebSocket's exchange ends when the socket closes: 101, and its duration is the socket's.
+    const status = ex.webSocket !== null ? 101 : res.writableFinished ? res.statusCode : 499;
     const label = ex.label ?? (ex.route !== null ? ex.route.template : UNMATCHED_PATH);
     accessLog.write(ex, req, status, ms, label.startsWith('/health'));
-    if (audit !== null && ex.route !== null && ex.route.auth === 'required' && !ex.preflight) audit.record(ex, req.method!, status);
+    if (audit !== null && ex.route !== null && ex.route.auth === 'required' && !ex.preflight) {
+      if (ex.webSocket !== null) audit.recordSocket(ex, 'close', ex.webSocket);
+      else audit.record(ex, req.method!, status);
+    }
     if (ex.span !== null) endSpans(ex, status);
     if (metrics !== null) {
       metrics.request(req.method!, label, status, ms / 1000);

@@ -25,6 +25,12 @@ export const forwardSchema = {
   maxBodyBytes: z.number().int().min(0).max(2 ** 40).optional(),
   /** Overrides CLIENT_BODY_TIMEOUT_MS: how long a body the gateway reads may take, and an upload may pause. */
   bodyTimeoutMs: ms('bodyTimeoutMs').optional(),
+  /**
+   * How long the upstream's answer may go quiet once its head arrived (a server-sent event stream:
+   * the longest gap between events); the stream itself may run as long as it sends. Default: the
+   * longer of 30 s and timeoutMs.
+   */
+  streamIdleTimeoutMs: ms('streamIdleTimeoutMs').optional(),
 };
 
 /** An upstream body may go quiet at most this long (or the route's timeout, if longer). */
@@ -44,7 +50,7 @@ export interface ForwardDeps {
   readonly tracing: Tracing | null;
 }
 
-type ForwardRoute = z.output<z.ZodObject<typeof forwardSchema>> & { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number };
+type ForwardRoute = z.output<z.ZodObject<typeof forwardSchema>> & { readonly maxBodyBytes: number; readonly bodyTimeoutMs: number; readonly websocket?: unknown };
 
 function onIdle(guard: BodyGuard): void {
   // Waiting for the upstream to take what has arrived is not the client pausing.
@@ -103,12 +109,13 @@ function hashKey(service: UpstreamService, ex: Exchange, req: IncomingMessage): 
 export const forward: RouteStage<ForwardRoute, ForwardDeps> = {
   name: 'forward',
   create(route, { services, serviceConfigs, upstreamCall, tracing }) {
-    if (route.service === undefined) return null;
+    // A WebSocket route's last stage is websocket.ts.
+    if (route.service === undefined || (route.websocket !== undefined && route.websocket !== false)) return null;
     const service = services.get(route.service)!;
     const config = serviceConfigs[route.service]!;
     const settings: UpstreamSettings = Object.freeze({
       timeoutMs: route.timeoutMs,
-      bodyIdleTimeoutMs: Math.max(route.timeoutMs, MIN_BODY_IDLE_MS),
+      bodyIdleTimeoutMs: route.streamIdleTimeoutMs ?? Math.max(route.timeoutMs, MIN_BODY_IDLE_MS),
       pool: poolSettings(route.connectTimeoutMs ?? config.connectTimeoutMs, config.maxConnections),
     });
     const { maxBodyBytes: limit, bodyTimeoutMs } = route;

@@ -1,9 +1,14 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingMessage } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { writeProblem } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { traceIdOf, type Tracing } from '../observability/tracing.js';
 import type { ClientAddress } from './client-address.js';
 import { ANSWERED, Exchange, PASS, type Refusal, type Stage, type Verdict } from './exchange.js';
+import { bearerFromProtocols } from './websocket.js';
+
+const UPGRADE_WITH_BODY: Refusal = { code: 'GW_BAD_REQUEST', detail: 'a request that asks for an upgrade cannot carry a body' };
 
 export interface Doors {
   /** The gateway's own endpoints (/health*, /metrics), matched on the raw path. */
@@ -51,6 +56,40 @@ export class Runner {
     const ex = this.open(req, !own);
     (res as WithExchange)[EXCHANGE] = ex;
     res.on('close', this.onClose);
+    this.run(ex, req, res, own ? this.doors.own : this.doors.entry, 0);
+  };
+
+  /**
+   * A request with Upgrade (Node hands those over with the raw socket): the same doors and
+   * chains, with a response object written onto the socket, so that every refusal is the same
+   * JSON error and the exit phase runs as for any request. A WebSocket route's last stage takes
+   * the socket over; any other route answers as plain HTTP and the connection then ends (its
+   * parser is gone). A request that also declares a body is refused: its bytes would not reach
+   * the stages.
+   */
+  readonly handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const res = new ServerResponse(req);
+    res.assignSocket(socket as Socket);
+    res.shouldKeepAlive = false;
+    res.once('finish', () => socket.end());
+    socket.on('error', () => socket.destroy());
+    const bearer = bearerFromProtocols(req);
+    const own = this.doors.isOwn(req.url!);
+    const ex = this.open(req, !own);
+    ex.upgrade = { socket, head, bearer };
+    const finish = this.deps.finish;
+    let finished = false;
+    ex.closeExchange = () => {
+      if (finished) return;
+      finished = true;
+      finish(ex, req, res);
+    };
+    // The response closes with its socket; a WebSocket's exchange closes with the WebSocket (websocket.ts).
+    res.on('close', () => {
+      if (!ex.webSocketOpen) ex.closeExchange!();
+    });
+    if (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') return this.refuse(ex, res, UPGRADE_WITH_BODY);
+    if (req.headers['transfer-encoding'] !== undefined) return this.refuse(ex, res, UPGRADE_WITH_BODY);
     this.run(ex, req, res, own ? this.doors.own : this.doors.entry, 0);
   };
 

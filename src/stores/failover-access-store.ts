@@ -51,6 +51,7 @@ function within<T>(work: Promise<T>, ms: number): Promise<T> {
  */
 export class AccessControl {
   private failing = false;
+  private readonly revocationListeners = new Set<(r: Revocation) => void>();
 
   constructor(
     private readonly shared: SharedAccessStore | null,
@@ -65,7 +66,7 @@ export class AccessControl {
     subscriber.on('message', (channel: string, message: string) => {
       if (channel !== REVOCATION_CHANNEL) return;
       const r = parseRevocation(message);
-      if (r !== null) this.local.apply(r);
+      if (r !== null) this.applyRevocation(r);
     });
     // Subscribed once connected (ioredis subscribes again by itself after a reconnect). After a
     // reconnect, announcements made while it was away are lost: the mirror is filled again from
@@ -88,7 +89,7 @@ export class AccessControl {
     for (let attempt = 1; ; attempt++) {
       try {
         const all = await this.shared.revocations();
-        for (const r of all) this.local.apply(r);
+        for (const r of all) this.applyRevocation(r);
         this.logger.info({ revocations: all.length }, 'revocation mirror resynced after a reconnect');
         return;
       } catch (err) {
@@ -181,13 +182,27 @@ export class AccessControl {
         throw err;
       }
     }
-    this.local.apply(r);
+    this.applyRevocation(r);
   }
 
   /** Best effort: a session missing from the cache is validated again, never trusted. */
   cacheSession(sessionId: string, userId: string, ttlSeconds: number): void {
     this.local.cacheSessionNow(sessionId, userId, ttlSeconds);
     this.shared?.cacheSession(sessionId, userId, ttlSeconds).catch((err: unknown) => this.failed(err));
+  }
+
+  /**
+   * Told of every revocation this replica makes, hears announced, or finds at a resync: open
+   * WebSockets of a revoked token are closed by it (websocket.ts). Returns the unsubscribe.
+   */
+  onRevocation(listener: (r: Revocation) => void): () => void {
+    this.revocationListeners.add(listener);
+    return () => this.revocationListeners.delete(listener);
+  }
+
+  private applyRevocation(r: Revocation): void {
+    this.local.apply(r);
+    for (const listener of this.revocationListeners) listener(r);
   }
 
   private failed(err: unknown): void {
