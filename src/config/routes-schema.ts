@@ -62,6 +62,9 @@ export const routeSchema = routeFields.superRefine((route, ctx) => {
       message: route.action === 'revoke' ? 'a revoke route is answered by the gateway: remove service' : 'service is required (the service that answers this route)',
     });
   }
+  if (route.websocket !== undefined && route.websocket !== false && route.action !== undefined) {
+    ctx.addIssue({ code: 'custom', path: ['websocket'], message: `a ${route.action} route reads a request body; it cannot carry WebSockets` });
+  }
 });
 
 type Draft = z.output<typeof routeFields>;

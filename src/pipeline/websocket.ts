@@ -328,16 +328,21 @@ function relay(ex: Exchange, client: WebSocket, upstream: WebSocket, idleTimeout
       client.close(sendable(code));
     }
   });
-  const onError = () => {
+  const onError = (other: WebSocket) => (err: Error & { code?: string }) => {
+    // A message over maxMessageBytes: the library closes that side with 1009; the other side is told the same.
+    const tooLarge = err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH';
     if (closedBy === null) {
       closedBy = 'gateway';
-      reason = 'error';
+      reason = tooLarge ? 'too_large' : 'error';
     }
-    client.terminate();
-    upstream.terminate();
+    if (tooLarge) other.close(1009, 'message too large');
+    else {
+      client.terminate();
+      upstream.terminate();
+    }
   };
-  client.on('error', onError);
-  upstream.on('error', onError);
+  client.on('error', onError(upstream));
+  upstream.on('error', onError(client));
 
   idle = setTimeout(() => entry.close(CLOSE.idle[0], CLOSE.idle[1], 'idle'), idleTimeoutMs);
   idle.unref();

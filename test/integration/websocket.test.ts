@@ -5,7 +5,10 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { decodeJwt } from 'jose';
 import { WebSocket, WebSocketServer } from 'ws';
+import { createAuditStandIn } from '../../dev/stand-ins/audit-logging.js';
+import { close as closeServer, listen } from '../../dev/stand-ins/http-util.js';
 import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { freePort } from '../helpers/ports.js';
 import { send } from '../helpers/http.js';
 import { until } from '../helpers/poll.js';
 import { readMemory, spawnGateway, type GatewayProcess } from '../helpers/process.js';
@@ -117,16 +120,20 @@ const ROUTES = (upstreamUrl: string) =>
 describe('WebSocket routes', () => {
   let upstream: Upstream;
   let gw: TestGateway;
+  const audit = createAuditStandIn();
   let user = 0;
   const fresh = () => `ws-user-${process.pid}-${++user}`;
 
   before(async () => {
     upstream = await startWsUpstream();
-    gw = await startTestGateway(ROUTES(upstream.url), { JWT_CLOCK_SKEW_SECONDS: '0' });
+    const auditPort = await freePort();
+    await listen(audit.server, auditPort);
+    gw = await startTestGateway(ROUTES(upstream.url), { JWT_CLOCK_SKEW_SECONDS: '0', AUDIT_SERVICE_URL: `http://127.0.0.1:${auditPort}`, ENABLE_METRICS: 'true' });
   });
   after(async () => {
     await gw?.close();
     await upstream?.close();
+    await closeServer(audit.server);
   });
 
   it('an authenticated socket echoes both ways; the upstream gets the verified identity, and no spoofed one', async () => {
@@ -225,6 +232,40 @@ describe('WebSocket routes', () => {
     const line = await until('the access line of the socket', 2_000, async () => gw.logs.find((l) => l.user_id === sub && l.route === 'chat'), 10);
     assert.equal(line.status_code, 101);
     assert.ok(!JSON.stringify(line).includes('one'), 'no message content in the log');
+  });
+
+  it('one audit event when a socket opens and one when it closes (duration, frames and bytes each way, code, who closed it), never the content', async () => {
+    const sub = fresh();
+    const ws = await open(wsUrl(gw.url, '/ws/chat'), { token: await signToken({ sub, role: 'resident' }) });
+    await echo(ws, 'secret-message-1');
+    await echo(ws, 'secret-message-22');
+    ws.close(1000);
+    await closed(ws);
+    const events = await until('both audit events delivered', 5_000, async () => {
+      const mine = (audit.events as Array<Record<string, unknown>>).filter((e) => e.user_id === sub);
+      return mine.length >= 2 ? mine : undefined;
+    }, 20);
+    assert.deepEqual(events.map((e) => e.type), ['websocket_open', 'websocket_close']);
+    const [opened, closing] = events as [Record<string, unknown>, Record<string, unknown>];
+    assert.equal(opened.request_id, closing.request_id);
+    assert.equal(closing.route, '/ws/chat');
+    assert.deepEqual(
+      { frames_in: closing.frames_in, bytes_in: closing.bytes_in, frames_out: closing.frames_out, bytes_out: closing.bytes_out, close_code: closing.close_code, closed_by: closing.closed_by },
+      { frames_in: 2, bytes_in: 33, frames_out: 2, bytes_out: 33, close_code: 1000, closed_by: 'client' },
+    );
+    assert.ok(typeof closing.duration_ms === 'number');
+    assert.ok(!JSON.stringify(events).includes('secret-message'), 'no content in the audit trail');
+  });
+
+  it('/metrics: open sockets by route, and closes by reason', async () => {
+    const ws = await open(wsUrl(gw.url, '/ws/quiet'), { token: await signToken({ sub: fresh() }) });
+    const during = (await send(`${gw.url}/metrics`)).text;
+    assert.match(during, /api_gateway_websockets_open\{path="\/ws\/quiet"\} 1/);
+    await closed(ws);
+    const after = (await send(`${gw.url}/metrics`)).text;
+    assert.match(after, /api_gateway_websockets_open\{path="\/ws\/quiet"\} 0/);
+    assert.match(after, /api_gateway_websocket_closes_total\{path="\/ws\/quiet",reason="idle"\} [1-9]/);
+    assert.match(after, /api_gateway_websocket_closes_total\{path="\/ws\/chat",reason="too_large"\} [1-9]/);
   });
 });
 
