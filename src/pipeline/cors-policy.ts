@@ -81,6 +81,11 @@ export function compileRouteCors(defaults: CorsSettings, fallback: CorsPolicy, o
   return compileCors(settings);
 }
 
+/** Whether a page of this origin may use the route (a WebSocket checks it itself: browsers apply no CORS to one). */
+export function originAllowed(policy: CorsPolicy | null, origin: string): boolean {
+  return policy !== null && allowed(policy, origin);
+}
+
 function allowed(policy: CorsPolicy, origin: string): boolean {
   // `null` is the origin of sandboxed frames and local files: never trusted, even with `*`.
   if (origin === 'null') return false;

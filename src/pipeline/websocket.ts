@@ -9,6 +9,7 @@ import { ms } from '../schema-fields.js';
 import type { Revocation } from '../stores/access-store.js';
 import type { AccessControl } from '../stores/failover-access-store.js';
 import type { UpstreamService } from '../upstream/service.js';
+import { originAllowed } from './cors-policy.js';
 import { ANSWERED, stage, type Exchange, type Refusal, type RouteStage, type Verdict } from './exchange.js';
 
 /** The routes-file slice: the route carries WebSockets (`websocket: true`, or its limits). */
@@ -191,6 +192,10 @@ export const websocket: RouteStage<WebSocketRoute, WebSocketDeps> = {
       (ex, req, res): Verdict | Promise<Verdict> => {
         const up = ex.upgrade;
         if (up === null || req.headers.upgrade?.toLowerCase() !== 'websocket') return UPGRADE_REQUIRED;
+        // Browsers apply no CORS to a WebSocket but always say where the page came from: a page of
+        // an origin the route does not allow could otherwise open a socket with a user's token.
+        const origin = req.headers.origin;
+        if (origin !== undefined && !originAllowed(ex.cors, origin)) return { code: 'GW_CORS_REJECTED', detail: `WebSockets from ${origin} are not allowed on this route` };
         const who = ex.identity;
         if (who !== null && deps.sockets.countOf(who.userId) >= limits.maxPerUser) return tooMany;
         const inst = service.pick(undefined, performance.now(), null);

@@ -110,7 +110,7 @@ function echo(ws: WebSocket, data: string): Promise<string> {
 
 const ROUTES = (upstreamUrl: string) =>
   routesFor(upstreamUrl, [
-    { name: 'chat', path: '/ws/chat', websocket: { maxMessageBytes: 64 * 1024, maxPerUser: 2 }, roles: ['resident', 'health_provider'] },
+    { name: 'chat', path: '/ws/chat', websocket: { maxMessageBytes: 64 * 1024, maxPerUser: 2 }, roles: ['resident', 'health_provider'], cors: { origins: ['https://app.example'] } },
     { name: 'quiet', path: '/ws/quiet', websocket: { idleTimeoutMs: 300 } },
     { name: 'limited', path: '/ws/limited', websocket: true, rateLimit: { perMinute: 1 } },
     { name: 'bulk', prefix: '/ws/bulk', websocket: { maxMessageBytes: 1024 * 1024 } },
@@ -182,7 +182,17 @@ describe('WebSocket routes', () => {
       assert.ok(!('ws' in r), `${what}: opened`);
       assert.deepEqual([r.status, r.body.code], [status, code], what);
     }
+    const foreign = await new Promise<number>((resolve) => {
+      const ws = new WebSocket(wsUrl(gw.url, '/ws/chat'), { origin: 'https://evil.example', headers: { authorization: `Bearer ${limitedUser}` } });
+      ws.once('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.once('open', () => resolve(101));
+      ws.once('error', () => undefined);
+    });
+    assert.equal(foreign, 403, 'a page of an origin the route does not allow');
     assert.equal(upstream.handshakes.length, before, 'no refused upgrade reached the upstream');
+    const allowed = new WebSocket(wsUrl(gw.url, '/ws/chat'), { origin: 'https://app.example', headers: { authorization: `Bearer ${await signToken({ sub: owner, role: 'resident' })}` } });
+    await once(allowed, 'open');
+    allowed.close();
     const plainGet = await send(`${gw.url}/ws/chat`, { token: await signToken({ sub: owner, role: 'resident' }) });
     assert.equal(plainGet.statusCode, 426, 'a WebSocket route takes no plain request');
   });
