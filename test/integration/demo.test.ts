@@ -83,6 +83,16 @@ describe('the demo: stand-ins + gateway on config/routes.yaml answer the printed
     assert.ok(body.messages.length > 0);
   });
 
+  it('curl -N /api/v1/chat/stream with the printed token: the answer as server-sent events, every word of it', async () => {
+    const token = await issueAccessToken(provider, { jwtSecret: TEST_SECRET, expiresIn: EXPIRES_IN });
+    const res = await read(request(`${gw.url}/api/v1/chat/stream?session_id=${SESSION}`, { headers: { authorization: `Bearer ${token}` } }));
+    assert.equal(res.statusCode, 200, res.text);
+    assert.match(String(res.headers['content-type']), /^text\/event-stream/);
+    const words = [...res.text.matchAll(/^data: (\{"text".*\})$/gm)].map((m) => (JSON.parse(m[1]!) as { text: string }).text);
+    assert.equal(words.join(''), 'Your next appointment is on Tuesday at 10:00.');
+    assert.match(res.text, /event: done/);
+  });
+
   it('curl /api/v1/chat/history with the token from the login: 200 (its session is checked with auth-rbac)', async () => {
     assert.notEqual(accessToken, '', 'the login test must run first');
     const res = await read(request(`${gw.url}/api/v1/chat/history?session_id=${SESSION}`, { headers: { authorization: `Bearer ${accessToken}` } }));
