@@ -1,6 +1,26 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import standaloneModule from 'ioredis/built/connectors/StandaloneConnector.js';
 import type { RedisConnection } from './redis-connection.js';
 import type { Logger } from '../observability/logger.js';
+
+// A CommonJS default export, seen from ESM: the module object, whose `default` is the class.
+const StandaloneConnector = standaloneModule.default;
+
+/**
+ * ioredis listens for one error per connection (`once`); a TLS socket can raise two (a refused
+ * handshake, then the peer's alert), and an error nobody listens for ends the process. Every
+ * error is ioredis's to report; the extra listener only keeps a second one from being fatal.
+ */
+class GuardedStandaloneConnector extends StandaloneConnector {
+  override connect(...args: Parameters<InstanceType<typeof StandaloneConnector>['connect']>) {
+    return super.connect(...args).then((stream) => {
+      stream.on('error', () => undefined);
+      return stream;
+    });
+  }
+}
+// ioredis hands a connector its own options, typed `unknown` in the constructor it takes.
+const GuardedConnector = GuardedStandaloneConnector as unknown as NonNullable<RedisOptions['Connector']>;
 
 /**
  * The shared Redis connection. No offline queue and a short command timeout: while Redis is
@@ -25,6 +45,7 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
   if (connection.kind === 'url') {
     redis = new Redis(connection.url, {
       ...options,
+      Connector: GuardedConnector,
       // rediss://: the server's certificate is checked against REDIS_CA_FILE (else the system's CAs).
       ...(connection.url.startsWith('rediss://') ? { tls: connection.ca === undefined ? {} : { ca: connection.ca } } : undefined),
     });
@@ -53,6 +74,7 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
         slotsRefreshTimeout: 1_000,
         redisOptions: {
           ...options,
+          Connector: GuardedConnector,
           ...(connection.password === null ? undefined : { password: connection.password }),
           ...tls,
         },

@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectProblem, send } from '../helpers/http.js';
+import { until } from '../helpers/poll.js';
 import { startCluster, type TestCluster } from '../helpers/redis-cluster.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
@@ -55,6 +56,11 @@ describe('REDIS_CLUSTER_NODES with REDIS_TLS, REDIS_CA_FILE and REDIS_PASSWORD',
   it('reaches every primary over TLS with the password: PHI requests pass and count on the primary of the user', async () => {
     const gw = await startTestGateway(routes(upstream.url), env({ REDIS_TLS: 'true', REDIS_CA_FILE: caFile, REDIS_PASSWORD: PASSWORD }));
     gateways.push(gw);
+    // Connected to every primary before the first request (a busy machine takes its time).
+    await until('the gateway connected to the three primaries', 15_000, async () => {
+      const health = JSON.parse((await send(`${gw.url}/health`)).text) as { redis?: { state: string; primaries: number } };
+      return health.redis?.state === 'connected' && health.redis.primaries === 3 ? true : undefined;
+    }, 50);
     for (const user of ['tls-a', 'tls-b', 'tls-c', 'tls-d']) {
       const token = await signToken({ sub: user });
       const res = await send(`${gw.url}/records/1`, { token });
