@@ -136,6 +136,17 @@ export function entryStages(table: () => CompiledConfig, hsts: string | null, ad
 
 export type StageDeps = ReturnType<typeof stageDeps> & CompileScope;
 
+/** The login, refresh and logout settings of the environment (auth-flow.ts, revoke.ts). */
+export function authFlowSettings(env: GatewayConfig['env']) {
+  return {
+    maxFailuresPerAccount: env.LOGIN_MAX_FAILURES_PER_ACCOUNT,
+    maxFailuresPerIp: env.LOGIN_MAX_FAILURES_PER_IP,
+    failureWindowMs: env.LOGIN_FAILURE_WINDOW_SECONDS * 1000,
+    maxTokenLifetimeSeconds: env.JWT_EXPIRES_IN,
+    clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+  };
+}
+
 /** What the route stages are handed, besides the config they are compiled from. */
 function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType<typeof compose>, sockets: SocketRegistry, logger: Loggers['log']) {
   const { env } = config;
@@ -146,13 +157,7 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
     accessCheck: new AccessCheck(r.accessControl, r.sessions, logger),
     audit: r.audit,
     store: r.accessControl,
-    authFlow: {
-      maxFailuresPerAccount: env.LOGIN_MAX_FAILURES_PER_ACCOUNT,
-      maxFailuresPerIp: env.LOGIN_MAX_FAILURES_PER_IP,
-      failureWindowMs: env.LOGIN_FAILURE_WINDOW_SECONDS * 1000,
-      maxTokenLifetimeSeconds: env.JWT_EXPIRES_IN,
-      clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
-    },
+    authFlow: authFlowSettings(env),
     tls: r.tls !== null,
     upstreamCall,
     tracing: r.tracing,

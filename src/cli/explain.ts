@@ -1,5 +1,5 @@
 import { ServerResponse } from 'node:http';
-import { ROUTE_CHAIN, entryStages, type StageDeps } from '../app.js';
+import { ROUTE_CHAIN, authFlowSettings, entryStages, type StageDeps } from '../app.js';
 import { SessionValidator } from '../auth/sessions.js';
 import type { ResolvedRoute } from '../config/compile.js';
 import { trustedProxyList } from '../config/env.js';
@@ -77,13 +77,7 @@ export async function explain(config: GatewayConfig, input: ExplainInput): Promi
     accessCheck: new AccessCheck(store, new SessionValidator(authService, env.AUTH_REQUEST_TIMEOUT_MS), logger),
     audit: null,
     store,
-    authFlow: {
-      maxFailuresPerAccount: env.LOGIN_MAX_FAILURES_PER_ACCOUNT,
-      maxFailuresPerIp: env.LOGIN_MAX_FAILURES_PER_IP,
-      failureWindowMs: env.LOGIN_FAILURE_WINDOW_SECONDS * 1000,
-      maxTokenLifetimeSeconds: env.JWT_EXPIRES_IN,
-      clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
-    },
+    authFlow: authFlowSettings(env),
     tls: env.TLS_CERT_FILE !== undefined,
     upstreamCall: () => {
       throw new Error('explain sends nothing upstream');

@@ -58,6 +58,19 @@ const cidrs = z
     'must be a comma-separated list of IP addresses or CIDR ranges such as 10.0.0.0/8,127.0.0.1',
   );
 
+/** `host:port,host:port`, as a list; `what` and `example` for the message. */
+function hostPortList(what: string, example: string) {
+  return z
+    .string()
+    .trim()
+    .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s !== ''))
+    .pipe(
+      z
+        .array(z.string().regex(/^[^\s:,]+:\d{1,5}$/, `must list ${what} as host:port, comma-separated, such as ${example}`))
+        .min(1, `must list at least one of the ${what} as host:port`),
+    );
+}
+
 export const envSchema = z
   .object({
     NODE_ENV: z.string().trim().default('development'),
@@ -74,28 +87,10 @@ export const envSchema = z
     /** PEM bundle of the CAs that sign a rediss:// server's certificate (else the system's). */
     REDIS_CA_FILE: z.string().trim().min(1).optional(),
     /** Redis Sentinel instead of REDIS_URL: the sentinels, and the name of the primary they watch. */
-    REDIS_SENTINELS: z
-      .string()
-      .trim()
-      .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s !== ''))
-      .pipe(
-        z
-          .array(z.string().regex(/^[^\s:,]+:\d{1,5}$/, 'must list sentinels as host:port, comma-separated, such as redis-sentinel-0:26379,redis-sentinel-1:26379'))
-          .min(1, 'must list at least one sentinel as host:port'),
-      )
-      .optional(),
+    REDIS_SENTINELS: hostPortList('sentinels', 'redis-sentinel-0:26379,redis-sentinel-1:26379').optional(),
     REDIS_SENTINEL_NAME: z.string().trim().min(1).optional(),
     /** Redis Cluster instead of REDIS_URL: some of its nodes; the others are learned from them. */
-    REDIS_CLUSTER_NODES: z
-      .string()
-      .trim()
-      .transform((v) => v.split(',').map((s) => s.trim()).filter((s) => s !== ''))
-      .pipe(
-        z
-          .array(z.string().regex(/^[^\s:,]+:\d{1,5}$/, 'must list cluster nodes as host:port, comma-separated, such as redis-0.redis:6379,redis-1.redis:6379'))
-          .min(1, 'must list at least one cluster node as host:port'),
-      )
-      .optional(),
+    REDIS_CLUSTER_NODES: hostPortList('cluster nodes', 'redis-0.redis:6379,redis-1.redis:6379').optional(),
     /** The password of the Redis servers found through Sentinel, or of the cluster's nodes. */
     REDIS_PASSWORD: z.string().min(1).optional(),
     /** TLS to the servers of REDIS_SENTINELS or REDIS_CLUSTER_NODES (REDIS_URL says it with rediss://). */
