@@ -353,7 +353,8 @@ function relay(ex: Exchange, client: WebSocket, upstream: WebSocket, idleTimeout
   idle.unref();
   const who = ex.identity;
   const expiresInMs = who === null ? null : (who.expiresAt + deps.clockSkewSeconds) * 1000 - Date.now();
-  const expiry = expiresInMs === null ? null : setTimeout(() => entry.close(CLOSE.expired[0], CLOSE.expired[1], 'expired'), Math.max(0, expiresInMs));
+  // A timer longer than 2^31 - 1 ms would fire at once; a token living that long (24 days) is closed when the timer runs out instead.
+  const expiry = expiresInMs === null ? null : setTimeout(() => entry.close(CLOSE.expired[0], CLOSE.expired[1], 'expired'), Math.min(Math.max(0, expiresInMs), 2 ** 31 - 1));
   expiry?.unref();
 
   deps.sockets.add(entry);
