@@ -44,6 +44,9 @@ import { outlier } from './upstream/layers/outlier.js';
 import { retry } from './upstream/layers/retry.js';
 import { send } from './upstream/layers/send.js';
 import { VERSION } from './version.js';
+import { routeRows } from './config/route-rows.js';
+import { RouteTrends } from './observability/route-trends.js';
+import { BACKLOG_SAMPLE_MS, BacklogSamples, ReloadLog, statusData } from './observability/status-page.js';
 
 export interface Gateway {
   readonly server: Server;
@@ -84,7 +87,9 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
   const upstreamCall = compose([errorMap, breaker, balance, retry, outlier, deadline], send);
   // and on the way out, one exit phase: the access line, metrics, the audit event, the spans.
   const accessLog = new AccessLog(access, env.LOG_SLOW_REQUEST_MS);
-  const finish = finisher({ accessLog, audit: r.audit, metrics: r.metrics, logger, isShuttingDown, closeIdle: () => http.closeIdleConnections() });
+  // The status page's trends and logs, kept only when the admin listener that shows them is on.
+  const status = env.ADMIN_PORT === 0 ? null : { trends: new RouteTrends(), reloads: new ReloadLog(), backlog: r.audit === null ? null : new BacklogSamples(() => r.audit!.backlogBytes) };
+  const finish = finisher({ accessLog, audit: r.audit, metrics: r.metrics, trends: status?.trends ?? null, logger, isShuttingDown, closeIdle: () => http.closeIdleConnections() });
 
   // Open WebSockets: closed on revocation (on any replica) and at shutdown.
   const sockets = new SocketRegistry(r.accessControl);
@@ -105,7 +110,7 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
     },
   );
   const http = createGatewayServer(serverOptions(env, r.tls), runner.handle, logger, runner.handleUpgrade);
-  const reloads = await watchConfig(config, r, routes.swapIn, http.setSecureContext, logger);
+  const reloads = await watchConfig(config, r, routes.swapIn, http.setSecureContext, logger, status?.reloads ?? null);
 
   let admin: Server | null = null;
   const gateway: Gateway = {
@@ -125,7 +130,28 @@ export async function buildGateway(config: GatewayConfig, { log: logger, access 
       await r.close();
     },
   };
-  admin = await openAdmin(env.ADMIN_PORT, r, gateway, logger);
+  const statusPage =
+    status === null
+      ? null
+      : (loop: { p50: number; p99: number; max: number }) => {
+          const live = routes!;
+          return statusData({
+            version: VERSION,
+            workers: env.WORKERS,
+            memoryLimitBytes: r.memoryLimitBytes,
+            eventLoopDelayMs: () => loop,
+            redis: r.redisState,
+            authService: async () => (await r.health.report()).dependencies['auth-service'] ?? 'unknown',
+            routes: () => routeRows(live.currentFile(), live.current()),
+            services: () => r.upstreams.list(),
+            audit: r.audit,
+            ...status,
+          });
+        };
+  const sampler = status?.backlog === null || status === null ? null : setInterval(() => status.backlog!.sample(), BACKLOG_SAMPLE_MS);
+  sampler?.unref();
+  status?.backlog?.sample();
+  admin = await openAdmin(env.ADMIN_PORT, r, gateway, logger, statusPage);
   return gateway;
 }
 
@@ -169,11 +195,14 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
 }
 
 /** What reloads without a restart: the routes file (on change and SIGHUP) and the TLS certificate (on change). */
-async function watchConfig(config: GatewayConfig, r: Resources, swapIn: LiveConfig['swapIn'], setSecureContext: (m: TlsMaterial) => void, logger: Loggers['log']) {
+async function watchConfig(config: GatewayConfig, r: Resources, swapIn: LiveConfig['swapIn'], setSecureContext: (m: TlsMaterial) => void, logger: Loggers['log'], log: ReloadLog | null) {
   const { env } = config;
   const certificates = r.tls === null ? null : new CertificateWatcher(env.TLS_CERT_FILE!, env.TLS_KEY_FILE!, r.tls, setSecureContext, logger);
   certificates?.watch();
-  const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok) => r.metrics?.configReload(ok));
+  const reloader = new RoutesReloader(config.routesFile, config.source, swapIn, logger, (ok, problems) => {
+    r.metrics?.configReload(ok);
+    log?.add(ok, problems);
+  });
   if (env.ROUTES_WATCH) reloader.watch(await readFile(config.routesFile, 'utf8').catch(() => undefined));
   return {
     async reload(): Promise<ReloadResult> {
@@ -188,11 +217,11 @@ async function watchConfig(config: GatewayConfig, r: Resources, swapIn: LiveConf
 }
 
 /** The diagnostics listener on loopback (ADMIN_PORT); workers of WORKERS > 1 take consecutive ports from it. */
-async function openAdmin(port: number, r: Resources, gateway: Gateway, logger: Loggers['log']): Promise<Server | null> {
+async function openAdmin(port: number, r: Resources, gateway: Gateway, logger: Loggers['log'], status: ((loop: { p50: number; p99: number; max: number }) => Promise<unknown>) | null): Promise<Server | null> {
   if (port === 0) return null;
   const adminPort = port + (cluster.isWorker ? Number(process.env.GATEWAY_WORKER_SLOT ?? 0) : 0);
   try {
-    return await startAdminListener(adminPort, { version: VERSION, metrics: r.metrics === null ? null : () => r.metrics!.exposition(), services: r.serviceCounts, audit: r.auditState }, logger);
+    return await startAdminListener(adminPort, { version: VERSION, metrics: r.metrics === null ? null : () => r.metrics!.exposition(), services: r.serviceCounts, audit: r.auditState, status }, logger);
   } catch (err) {
     await gateway.close();
     throw new ConfigError([`ADMIN_PORT: cannot listen on 127.0.0.1:${adminPort} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); pick a free port or 0`]);

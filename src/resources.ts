@@ -7,7 +7,7 @@ import { JwtVerifier } from './auth/jwt.js';
 import { SessionValidator } from './auth/sessions.js';
 import type { GatewayConfig } from './config/load.js';
 import { ConfigError } from './errors.js';
-import { HealthMonitor, resolveMemoryLimit } from './observability/health.js';
+import { HealthMonitor, resolveMemoryLimit, type RedisState } from './observability/health.js';
 import type { Logger } from './observability/logger.js';
 import { Metrics } from './observability/metrics.js';
 import { Tracing, tracingConfigured } from './observability/tracing.js';
@@ -49,6 +49,9 @@ export interface Resources {
   /** For /health and /debug/vars: each service's instances in rotation, and the audit trail's state. */
   readonly serviceCounts: () => Array<{ name: string; healthy: number; total: number }>;
   readonly auditState: () => { problem: string | null; failing: boolean; backlogBytes: number } | null;
+  /** What the request path's Redis connection is doing; null without Redis. */
+  readonly redisState: () => RedisState | null;
+  readonly memoryLimitBytes: number;
   close(): Promise<void>;
 }
 
@@ -86,6 +89,8 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
     health,
     serviceCounts,
     auditState,
+    redisState: () => pipe?.state() ?? null,
+    memoryLimitBytes,
     async close() {
       if (healthRefresh !== null) clearInterval(healthRefresh);
       await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS), tracing?.shutdown()]);

@@ -3,7 +3,7 @@ import { routesJsonSchema } from '../config/routes-json-schema.js';
 import { ConfigError } from '../errors.js';
 import { cliConfig, compiled } from './context.js';
 import { explain, explanationText } from './explain.js';
-import { routeRows, routeRowsText } from './routes-table.js';
+import { routeRows, routeRowsText } from '../config/route-rows.js';
 import { inspectToken, tokenReportText } from './token-inspect.js';
 import { validate } from './validate.js';
 
@@ -87,7 +87,7 @@ export async function runCli(argv: readonly string[], out: (text: string) => voi
         const config = await cliConfig();
         const { table, close } = await compiled(config);
         close();
-        const rows = routeRows(config, table);
+        const rows = routeRows(config.routes, table);
         print(rows, routeRowsText(rows));
         return OK;
       }

@@ -11,6 +11,7 @@ import type { RoutesFile } from './routes-schema.js';
  */
 export class LiveConfig {
   private compiled!: CompiledConfig;
+  private file!: RoutesFile;
 
   private constructor(
     private readonly env: Env,
@@ -29,6 +30,9 @@ export class LiveConfig {
   /** The routes in force now (route-match and the preflight read it once per request). */
   readonly current = (): CompiledConfig => this.compiled;
 
+  /** The routes file the routes in force were compiled from. */
+  readonly currentFile = (): RoutesFile => this.file;
+
   /** Compiles and swaps in a validated file; throws to refuse it, and the running config stays. */
   readonly swapIn = async (file: RoutesFile): Promise<void> => {
     const plan = await this.upstreams.prepare(file.services);
@@ -45,6 +49,7 @@ export class LiveConfig {
       throw new Error(reason);
     }
     this.compiled = next;
+    this.file = file;
     this.upstreams.commit(plan);
   };
 }

@@ -28,7 +28,7 @@ export class RoutesReloader {
     /** Compiles and swaps in a validated file; throws to refuse it. */
     private readonly apply: (routes: RoutesFile) => Promise<void>,
     private readonly logger: Logger,
-    private readonly onResult: (ok: boolean) => void,
+    private readonly onResult: (ok: boolean, problems?: readonly string[]) => void,
   ) {}
 
   /** Watches the file's folder, not the file: a config map swaps a symlink, an editor renames over it. */
@@ -101,7 +101,7 @@ export class RoutesReloader {
   }
 
   private refuse(problems: string[]): ReloadResult {
-    this.onResult(false);
+    this.onResult(false, problems);
     this.logger.error({ routes_file: this.file, problems }, 'routes file refused; the running config stays');
     return { ok: false, problems };
   }

@@ -3,12 +3,15 @@ import { monitorEventLoopDelay, performance, type IntervalHistogram } from 'node
 import { pipeline } from 'node:stream/promises';
 import { getHeapSnapshot, getHeapSpaceStatistics, getHeapStatistics } from 'node:v8';
 import type { Logger } from './logger.js';
+import { STATUS_CSP, STATUS_CSS, statusHtml, type StatusData } from './status-page.js';
 
 export interface DiagnosticsSources {
   version: string;
   metrics: (() => Promise<{ contentType: string; body: string }>) | null;
   services: () => Array<{ name: string; healthy: number; total: number }>;
   audit: () => { backlogBytes: number; failing: boolean; problem: string | null } | null;
+  /** The status page's data (status-page.ts), given the event-loop delay this listener measures; null: no page. */
+  status: ((loop: { p50: number; p99: number; max: number }) => Promise<unknown>) | null;
 }
 
 const ADMIN_HOST = '127.0.0.1';
@@ -23,7 +26,12 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   const allowedHosts = new Set<string>();
-  const handle = adminHandler(sources, varsReader(sources, loop), allowedHosts, logger);
+  // The status page's delay is of the whole run, not since the last read of /debug/vars.
+  const statusLoop = monitorEventLoopDelay({ resolution: 20 });
+  statusLoop.enable();
+  const loopDelay = () =>
+    statusLoop.count === 0 ? { p50: 0, p99: 0, max: 0 } : { p50: statusLoop.percentile(50) / 1e6, p99: statusLoop.percentile(99) / 1e6, max: statusLoop.max / 1e6 };
+  const handle = adminHandler(sources, varsReader(sources, loop), allowedHosts, logger, loopDelay);
   const server = createServer((req, res) => {
     void handle(req, res).catch((err: unknown) => {
       logger.error({ err }, 'admin listener failed');
@@ -37,7 +45,10 @@ export async function startAdminListener(port: number, sources: DiagnosticsSourc
   });
   const bound = (server.address() as { port: number }).port;
   for (const name of ['127.0.0.1', 'localhost']) allowedHosts.add(`${name}:${bound}`);
-  server.on('close', () => loop.disable());
+  server.on('close', () => {
+    loop.disable();
+    statusLoop.disable();
+  });
   logger.info({ port: bound, host: ADMIN_HOST }, 'admin listener (diagnostics) on loopback');
   return server;
 }
@@ -71,7 +82,7 @@ function varsReader(sources: DiagnosticsSources, loop: IntervalHistogram): () =>
   };
 }
 
-function adminHandler(sources: DiagnosticsSources, vars: () => Record<string, unknown>, allowedHosts: ReadonlySet<string>, logger: Logger) {
+function adminHandler(sources: DiagnosticsSources, vars: () => Record<string, unknown>, allowedHosts: ReadonlySet<string>, logger: Logger, loopDelay: () => { p50: number; p99: number; max: number }) {
   let snapshotting = false;
   return async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = (req.url ?? '/').split('?', 1)[0];
@@ -82,12 +93,21 @@ function adminHandler(sources: DiagnosticsSources, vars: () => Record<string, un
     if (path === '/debug/heap-snapshot' && req.method !== 'POST') return send(res, 405, { error: 'POST /debug/heap-snapshot' });
     if (path !== '/debug/heap-snapshot' && req.method !== 'GET') return send(res, 405, { error: 'method not allowed' });
     if (path === '/debug/vars') return send(res, 200, vars());
+    // A browser asks for an icon: none, without an error in its console.
+    if (sources.status !== null && path === '/favicon.ico') return void res.writeHead(204, { 'cache-control': 'max-age=86400' }).end();
+    if (sources.status !== null && (path === '/status' || path === '/status.json' || path === '/status.css')) {
+      const headers = { 'cache-control': 'no-store', 'content-security-policy': STATUS_CSP, 'x-content-type-options': 'nosniff', 'referrer-policy': 'no-referrer' };
+      if (path === '/status.css') return void res.writeHead(200, { ...headers, 'content-type': 'text/css; charset=utf-8' }).end(STATUS_CSS);
+      const data = (await sources.status(loopDelay())) as StatusData;
+      if (path === '/status.json') return void res.writeHead(200, { ...headers, 'content-type': 'application/json' }).end(JSON.stringify(data));
+      return void res.writeHead(200, { ...headers, 'content-type': 'text/html; charset=utf-8' }).end(statusHtml(data));
+    }
     if (path === '/metrics' && sources.metrics !== null) {
       const { contentType, body } = await sources.metrics();
       res.writeHead(200, { 'content-type': contentType, 'cache-control': 'no-store' }).end(body);
       return;
     }
-    if (path !== '/debug/heap-snapshot') return send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics'] });
+    if (path !== '/debug/heap-snapshot') return send(res, 404, { error: 'not found', endpoints: ['/debug/vars', '/debug/heap-snapshot', '/metrics', ...(sources.status === null ? [] : ['/status', '/status.json'])] });
     // Writing one stops the event loop for a while and doubles the heap for a moment: one at a time.
     if (snapshotting) return send(res, 409, { error: 'a heap snapshot is being written' });
     snapshotting = true;

@@ -3,6 +3,7 @@ import type { AuditTrail } from '../audit/audit-trail.js';
 import type { AccessLog } from '../observability/access-log.js';
 import type { Logger } from '../observability/logger.js';
 import { UNMATCHED_PATH, type Metrics } from '../observability/metrics.js';
+import type { RouteTrends } from '../observability/route-trends.js';
 import { Tracing } from '../observability/tracing.js';
 import type { Exchange } from './exchange.js';
 
@@ -12,6 +13,8 @@ export interface FinishDeps {
   readonly metrics: Metrics | null;
   readonly logger: Logger;
   readonly isShuttingDown: () => boolean;
+  /** Per-route rate, errors and p95 of the last minutes, for the status page. */
+  readonly trends: RouteTrends | null;
   /** Ends the kept-alive connections that are idle now (during shutdown). */
   readonly closeIdle: () => void;
 }
@@ -38,7 +41,7 @@ function endSpans(ex: Exchange, status: number): void {
  * labelled by the route template (never the raw path). `status` is what the client got: 499 when
  * it left before the answer was complete.
  */
-export function finisher({ accessLog, audit, metrics, logger, isShuttingDown, closeIdle }: FinishDeps): (ex: Exchange, req: IncomingMessage, res: ServerResponse) => void {
+export function finisher({ accessLog, audit, metrics, trends, logger, isShuttingDown, closeIdle }: FinishDeps): (ex: Exchange, req: IncomingMessage, res: ServerResponse) => void {
   return (ex, req, res) => {
     ex.inFlight?.clientClosed();
     ex.after?.(ex);
@@ -52,6 +55,7 @@ export function finisher({ accessLog, audit, metrics, logger, isShuttingDown, cl
       else audit.record(ex, req.method!, status);
     }
     if (ex.span !== null) endSpans(ex, status);
+    if (trends !== null && ex.route !== null && !ex.preflight) trends.record(ex.route.template, status, ms / 1000);
     if (metrics !== null) {
       metrics.request(req.method!, label, status, ms / 1000);
       const counts = ex.refusal?.counts;

@@ -1,5 +1,5 @@
-import type { CompiledConfig } from '../config/compile.js';
-import type { GatewayConfig } from '../config/load.js';
+import type { CompiledConfig } from './compile.js';
+import type { RoutesFile } from './routes-schema.js';
 
 export interface RouteRow {
   name: string;
@@ -12,10 +12,10 @@ export interface RouteRow {
   phi: boolean;
 }
 
-/** The compiled routes in match order, one row each, as the gateway holds them. */
-export function routeRows(config: GatewayConfig, table: CompiledConfig): RouteRow[] {
+/** The compiled routes in match order, one row each, as the gateway holds them (the command line's `routes`, the status page). */
+export function routeRows(file: RoutesFile, table: CompiledConfig): RouteRow[] {
   return table.routes.map((r) => {
-    const c = config.routes.routes.find((x) => x.name === r.name)!;
+    const c = file.routes.find((x) => x.name === r.name)!;
     const access = r.auth === 'public' ? '-' : c.permission !== undefined ? `permission ${c.permission}` : c.roles !== undefined ? c.roles.join(',') : 'any role';
     const limit = `${r.rateLimit.perMinute}/min ${r.rateLimit.ownKey ? 'own budget' : r.auth === 'public' ? 'per address' : 'per user'}${r.rateLimit.failClosed ? ', fails closed' : ''}`;
     return { name: r.name, match: r.template, methods: c.methods ?? null, service: c.service ?? null, auth: r.auth, access, rateLimit: limit, phi: r.phi };
