@@ -62,6 +62,8 @@ describe('PHI canaries never reach logs, metrics, spans or audit events', () => 
   const requestIds: string[] = [];
   const auditedIds: string[] = [];
   let metricsText = '';
+  let statusText = '';
+  let adminPort = 0;
   let spansText = '';
   let auditText = '';
   let logQueryValue = '';
@@ -73,6 +75,7 @@ describe('PHI canaries never reach logs, metrics, spans or audit events', () => 
     receiver = await startReceiver();
     audit = createAuditStandIn();
     const auditPort = await listen(audit.server, 0);
+    adminPort = await freePort();
     gw = await startTestGateway(
       shippedRoutes({
         services: { backend: { instances: [upstream.url] }, gone: { instances: [`http://127.0.0.1:${await freePort()}`], healthCheck: false, retry: false, outlierDetection: false } },
@@ -87,6 +90,7 @@ describe('PHI canaries never reach logs, metrics, spans or audit events', () => 
         AUTH_SERVICE_URL: auth.url,
         CHAT_HISTORY_URL: upstream.url,
         AUDIT_SERVICE_URL: `http://127.0.0.1:${auditPort}`,
+        ADMIN_PORT: String(adminPort),
         OTEL_EXPORTER_OTLP_ENDPOINT: receiver.url,
         // Nothing hidden from the check by its level.
         LOG_LEVEL: 'DEBUG',
@@ -187,6 +191,11 @@ describe('PHI canaries never reach logs, metrics, spans or audit events', () => 
     const metrics = await request(`${gw.url}/metrics`);
     metricsText = await metrics.body.text();
     assert.equal(metrics.statusCode, 200);
+    for (const path of ['/status', '/status.json']) {
+      const page = await request(`http://127.0.0.1:${adminPort}${path}`);
+      assert.equal(page.statusCode, 200);
+      statusText += await page.body.text();
+    }
 
     // Shut down: flushes the access log, exports the buffered spans, drains the audit spool.
     await gw.close();
@@ -210,6 +219,11 @@ describe('PHI canaries never reach logs, metrics, spans or audit events', () => 
     assert.ok(gw.logs.some((l) => l.message === 'login refused: too many failed attempts'));
     assert.ok(gw.logs.some((l) => l.message === 'upstream request failed'));
     for (const line of gw.logs) assertNoCanary(`the log line ${JSON.stringify(line).slice(0, 200)}`, JSON.stringify(line));
+  });
+
+  it('the status page and its JSON contain no canary', () => {
+    assert.match(statusText, /patient-records/);
+    assertNoCanary('/status and /status.json', statusText);
   });
 
   it('the metrics contain no canary', () => {
