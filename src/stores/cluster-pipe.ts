@@ -14,10 +14,11 @@ export interface ClusterPipeOptions extends RespPipeOptions {
   timeoutMs: number;
 }
 
-/** A stale map may take a few redirections to settle; more means something is wrong. */
+/** A stale map may take a few redirections (MOVED, ASK) to settle; more means something is wrong. */
 const MAX_HOPS = 16;
-/** Between two tries of a script refused TRYAGAIN (its slot is being moved). */
-const TRYAGAIN_PAUSE_MS = 2;
+/** Between two tries of a script refused TRYAGAIN (its slot is being moved): doubling from the first to the last. */
+const TRYAGAIN_FIRST_PAUSE_MS = 2;
+const TRYAGAIN_MAX_PAUSE_MS = 20;
 /** The slot map is asked for again at most this often (after MOVED, or a primary lost). */
 const REFRESH_EVERY_MS = 250;
 /** How long one node may take to answer CLUSTER SLOTS. */
@@ -46,6 +47,7 @@ export class ClusterPipe implements ScriptRunner {
   private lastRefresh = -Infinity;
   private refreshTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  private refreshes = 0;
 
   constructor(
     seeds: readonly HostPort[],
@@ -57,13 +59,6 @@ export class ClusterPipe implements ScriptRunner {
         .whenReady()
         .then(() => this.refreshSoon());
     }
-  }
-
-  /** True once the slot map is known and every primary in it is connected. */
-  get connected(): boolean {
-    if (!this.mapped) return false;
-    for (const pipe of new Set(this.slots)) if (pipe === undefined || !pipe.connected) return false;
-    return true;
   }
 
   /** For /health: how many primaries, and which ones cannot be reached (a failover under way). */
@@ -80,7 +75,7 @@ export class ClusterPipe implements ScriptRunner {
   }
 
   run(script: LuaScript, keys: readonly string[], args: readonly string[]): Promise<RespValue> {
-    return new Promise((resolve, reject) => this.dispatch(script, keys, args, hashSlot(keys[0]!), null, performance.now(), 0, resolve, reject));
+    return new Promise((resolve, reject) => this.dispatch(script, keys, args, hashSlot(keys[0]!), null, performance.now(), 0, 0, resolve, reject));
   }
 
   close(): void {
@@ -90,11 +85,31 @@ export class ClusterPipe implements ScriptRunner {
     this.nodes.clear();
   }
 
-  private dispatch(script: LuaScript, keys: readonly string[], args: readonly string[], slot: number, askTo: RespPipe | null, startedAt: number, hops: number, resolve: Resolve, reject: Reject): void {
+  private dispatch(
+    script: LuaScript,
+    keys: readonly string[],
+    args: readonly string[],
+    slot: number,
+    askTo: RespPipe | null,
+    startedAt: number,
+    hops: number,
+    tryAgains: number,
+    resolve: Resolve,
+    reject: Reject,
+  ): void {
     const pipe = askTo ?? this.slots[slot];
     if (pipe === undefined) {
       this.refreshSoon();
       return reject(new Error(this.mapped ? `no redis primary serves hash slot ${slot}` : 'the redis cluster slot map is not known yet'));
+    }
+    const left = this.options.timeoutMs - (performance.now() - startedAt);
+    if (!pipe.connected && hops > 0 && left > 0) {
+      // A redirection to a node this process has no connection to yet (a primary just added):
+      // the connection is made, within what is left of the deadline, rather than failing at once.
+      void waitReady(pipe, left).then((ready) =>
+        ready ? this.dispatch(script, keys, args, slot, askTo, startedAt, hops, tryAgains, resolve, reject) : reject(new Error('the redis node a redirection names cannot be reached')),
+      );
+      return;
     }
     pipe.evalsha(
       script,
@@ -107,9 +122,16 @@ export class ClusterPipe implements ScriptRunner {
           this.refreshSoon();
           return reject(err);
         }
-        const again = (to: RespPipe | null) => this.dispatch(script, keys, args, slot, to, startedAt, hops + 1, resolve, reject);
+        const again = (to: RespPipe | null) => this.dispatch(script, keys, args, slot, to, startedAt, hops + 1, tryAgains, resolve, reject);
         const message = err.message;
-        if (hops >= MAX_HOPS || performance.now() - startedAt >= this.options.timeoutMs) return reject(err);
+        if (performance.now() - startedAt >= this.options.timeoutMs) return reject(err);
+        if (message.startsWith('TRYAGAIN')) {
+          // Until the move is done, whatever it takes within the deadline (not a redirection: no hop counted).
+          const pause = Math.min(TRYAGAIN_MAX_PAUSE_MS, TRYAGAIN_FIRST_PAUSE_MS * 2 ** tryAgains);
+          setTimeout(() => this.dispatch(script, keys, args, slot, null, startedAt, hops, tryAgains + 1, resolve, reject), pause);
+          return;
+        }
+        if (hops >= MAX_HOPS) return reject(err);
         if (message.startsWith('MOVED ')) {
           const target = this.redirectTarget(message, pipe);
           if (target === null) return reject(err);
@@ -120,10 +142,6 @@ export class ClusterPipe implements ScriptRunner {
         if (message.startsWith('ASK ')) {
           const target = this.redirectTarget(message, pipe);
           return target === null ? reject(err) : again(target);
-        }
-        if (message.startsWith('TRYAGAIN')) {
-          setTimeout(() => again(null), TRYAGAIN_PAUSE_MS);
-          return;
         }
         if (message.startsWith('CLUSTERDOWN')) this.refreshSoon();
         reject(err);
@@ -171,11 +189,14 @@ export class ClusterPipe implements ScriptRunner {
     this.refreshing = true;
     this.lastRefresh = performance.now();
     try {
-      for (const pipe of this.nodes.values()) {
-        if (!pipe.connected) continue;
+      // The primaries the map names first, the seeds and other nodes after; a different one first each time.
+      const serving = new Set(this.slots);
+      const all = [...this.nodes.values()].filter((p) => p.connected);
+      const ordered = [...all.filter((p) => serving.has(p)), ...all.filter((p) => !serving.has(p))];
+      const shift = ordered.length === 0 ? 0 : this.refreshes++ % ordered.length;
+      for (const pipe of [...ordered.slice(shift), ...ordered.slice(0, shift)]) {
         try {
-          this.apply(await withTimeout(pipe.command(['CLUSTER', 'SLOTS']), REFRESH_TIMEOUT_MS), pipe);
-          return;
+          if (this.apply(await withTimeout(pipe.command(['CLUSTER', 'SLOTS']), REFRESH_TIMEOUT_MS), pipe)) return;
         } catch {
           // the next node may know
         }
@@ -187,12 +208,16 @@ export class ClusterPipe implements ScriptRunner {
     if (!this.closed) this.refreshSoon();
   }
 
-  /** CLUSTER SLOTS: [[start, end, [host, port, id, ...], replicas...], ...]. */
-  private apply(reply: RespValue, from: RespPipe): void {
+  /**
+   * CLUSTER SLOTS: [[start, end, [host, port, id, ...], replicas...], ...]. A reply that covers no
+   * slot (a node reset, or not yet part of the cluster) is not taken: false, and the next node is asked.
+   */
+  private apply(reply: RespValue, from: RespPipe): boolean {
     if (!Array.isArray(reply)) throw new Error('CLUSTER SLOTS: not a list');
+    const ranges = reply.filter((r): r is RespValue[] => Array.isArray(r) && Array.isArray(r[2]));
+    if (ranges.length === 0) return false;
     const next = new Array<RespPipe | undefined>(SLOTS);
-    for (const range of reply) {
-      if (!Array.isArray(range) || !Array.isArray(range[2])) continue;
+    for (const range of ranges) {
       const [start, end] = range as [number, number];
       const [host, port] = range[2] as [string, number];
       const pipe = this.node(host || from.address!.host, port);
@@ -200,13 +225,15 @@ export class ClusterPipe implements ScriptRunner {
     }
     for (let s = 0; s < SLOTS; s++) this.slots[s] = next[s];
     this.mapped = true;
-    // A node that serves no slot any more (failed, or removed) is let go, unless it is a seed.
+    // A node that serves no slot and cannot be reached (failed, or removed) is let go, unless it is
+    // a seed; one that answers stays (a primary just added, before its first slot arrives).
     const serving = new Set(next);
     for (const [key, pipe] of this.nodes) {
-      if (serving.has(pipe) || this.seeds.has(key)) continue;
+      if (serving.has(pipe) || this.seeds.has(key) || pipe.connected) continue;
       pipe.close();
       this.nodes.delete(key);
     }
+    return true;
   }
 }
 
@@ -220,6 +247,15 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
     p,
     new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+      timer.unref();
     }),
   ]).finally(() => clearTimeout(timer));
+}
+
+/** Whether the pipe is ready within `ms`. */
+function waitReady(pipe: RespPipe, ms: number): Promise<boolean> {
+  return withTimeout(pipe.whenReady(), ms).then(
+    () => true,
+    () => false,
+  );
 }

@@ -68,29 +68,30 @@ export class AccessControl {
       const r = parseRevocation(message);
       if (r !== null) this.applyRevocation(r);
     });
-    // Subscribed once connected (ioredis subscribes again by itself after a reconnect). After a
-    // reconnect, announcements made while it was away are lost: the mirror is filled again from
-    // the revocation keys themselves, once the subscription is back (nothing falls in between).
+    // Subscribed once connected (ioredis subscribes again by itself after a reconnect). The mirror
+    // is filled from the revocation keys themselves once the subscription is up: at the first
+    // connection (a replica started later knows what was revoked before it), and after every
+    // reconnect (announcements made while it was away are lost; nothing falls in between).
     let connections = 0;
     subscriber.on('ready', () => {
       const reconnected = ++connections > 1;
       const subscribed = reconnected ? Promise.resolve() : subscriber.subscribe(REVOCATION_CHANNEL).then(() => undefined);
       subscribed.then(
-        () => (reconnected ? this.resync() : undefined),
+        () => this.resync(reconnected ? 'revocation mirror resynced after a reconnect' : 'revocation mirror loaded'),
         (err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements'),
       );
     });
   }
 
   /** Applies every revocation in force to the mirror (after the subscriber missed some). */
-  private async resync(): Promise<void> {
+  private async resync(done: string): Promise<void> {
     if (this.shared === null) return;
     // The subscriber may be back before the connection that reads the keys (after a failover).
     for (let attempt = 1; ; attempt++) {
       try {
         const all = await this.shared.revocations();
         for (const r of all) this.applyRevocation(r);
-        this.logger.info({ revocations: all.length }, 'revocation mirror resynced after a reconnect');
+        this.logger.info({ revocations: all.length }, done);
         return;
       } catch (err) {
         if (attempt === RESYNC_ATTEMPTS) {
