@@ -5,7 +5,7 @@ import { stringify } from 'yaml';
 import { createAuditStandIn } from '../../dev/stand-ins/audit-logging.js';
 import { close as closeServer, listen } from '../../dev/stand-ins/http-util.js';
 import type { StatusData } from '../../src/observability/status-page.js';
-import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { send } from '../helpers/http.js';
 import { until } from '../helpers/poll.js';
 import { freePort } from '../helpers/ports.js';
