@@ -32,12 +32,27 @@ export class ReloadLog {
 /** The audit spool's backlog every 10 s over the last minutes, in fixed memory. */
 export class BacklogSamples {
   private readonly samples: Array<{ at: number; bytes: number }> = [];
+  /** When the backlog was last seen going from empty to not: events are delivered in order, so the oldest waits at least since then. */
+  private waitingSince: number | null = null;
 
   constructor(private readonly read: () => number) {}
 
   sample(now = Date.now()): void {
-    this.samples.push({ at: now, bytes: this.read() });
+    this.samples.push({ at: now, bytes: this.waiting(now) });
     if (this.samples.length > BACKLOG_SAMPLES) this.samples.shift();
+  }
+
+  /** Seconds the backlog has been waiting without emptying (0 when empty). */
+  waitingSeconds(now = Date.now()): number {
+    this.waiting(now);
+    return this.waitingSince === null ? 0 : Math.round((now - this.waitingSince) / 1000);
+  }
+
+  private waiting(now: number): number {
+    const bytes = this.read();
+    if (bytes === 0) this.waitingSince = null;
+    else this.waitingSince ??= now;
+    return bytes;
   }
 
   list(): Array<{ at: number; bytes: number }> {
@@ -117,6 +132,8 @@ export async function statusData(s: StatusSources, now = Date.now()) {
         : {
             delivered: s.audit.delivered,
             waitingBytes: s.audit.backlogBytes,
+            /** How long the backlog has waited without emptying: the oldest waiting event's age, at least. */
+            waitingSeconds: s.backlog?.waitingSeconds(now) ?? 0,
             setAside: s.audit.rejected,
             dropped: s.audit.dropped,
             failing: s.audit.failing,
@@ -196,7 +213,7 @@ export function statusHtml(d: StatusData): string {
   const audit =
     a === null
       ? '<p>The audit trail is off.</p>'
-      : `<p>delivered ${a.delivered} · waiting <span id="audit-waiting">${h(mb(a.waitingBytes))}</span> ${spark(a.backlog.map((b) => b.bytes), 'audit backlog')} · set aside ${a.setAside} · dropped ${a.dropped}</p>` +
+      : `<p>delivered ${a.delivered} · waiting <span id="audit-waiting">${h(mb(a.waitingBytes))}</span>${a.waitingSeconds > 0 ? ` (for ${a.waitingSeconds} s)` : ''} ${spark(a.backlog.map((b) => b.bytes), 'audit backlog')} · set aside ${a.setAside} · dropped ${a.dropped}</p>` +
         `<p>${a.failing ? '<span class="state bad">the audit service is unreachable</span>' : '<span class="state ok">delivering</span>'}${a.phiRefused ? ' · <span class="state bad">PHI routes are refused (503)</span>' : ''}${a.problem === null ? '' : ` · ${h(a.problem)}`}</p>`;
   const reloads =
     d.reloads.length === 0

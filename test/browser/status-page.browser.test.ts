@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { chromium, type Browser } from 'playwright-core';
+import { stringify } from 'yaml';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { send } from '../helpers/http.js';
 import { until } from '../helpers/poll.js';
@@ -88,6 +90,15 @@ describe('the status page in a real browser (Chromium)', { timeout: 120_000 }, (
         await tab.reload();
         return (await tab.content()).includes('failing checks') ? true : undefined;
       }, 200);
+      // The audit service of this gateway is unreachable: the events of the requests above wait.
+      const text = await tab.locator('body').innerText();
+      assert.match(text, /the audit service is unreachable/);
+      assert.doesNotMatch(await tab.locator('#audit-waiting').innerText(), /^0\.0 KB$/);
+      // A refused reload, with its field path.
+      await writeFile(gw.routesFile, stringify({ services: { records: { instances: [steady.url] } }, routes: [{ name: 'records', path: '/x', service: 'nowhere' }] }));
+      assert.equal((await gw.gateway.reload()).ok, false);
+      await tab.reload();
+      assert.match(await tab.locator('body').innerText(), /refused[\s\S]*routes\[0\]\.service/);
       await tab.screenshot({ path: SCREENSHOT, fullPage: true });
       assert.ok(existsSync(SCREENSHOT));
       assert.deepEqual(problems, []);

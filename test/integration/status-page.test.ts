@@ -94,6 +94,7 @@ describe('the status page (ADMIN_PORT)', () => {
     const before = await status();
     assert.equal(before.audit!.failing, true);
     assert.ok(before.audit!.waitingBytes > 0, 'the events of the requests above wait in the spool');
+    assert.ok(before.audit!.waitingSeconds >= 0);
     await listen(audit.server, auditPort);
     await until('the backlog delivered', 15_000, async () => {
       const a = (await status()).audit!;
