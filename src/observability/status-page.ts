@@ -196,7 +196,7 @@ export function statusHtml(d: StatusData): string {
     .map(
       (svc) =>
         `<h3>${h(svc.name)}</h3><p>in flight ${svc.inFlight} · breaker refusals ${svc.breakerRefusals} · retries ${svc.retries} (refused by the budget ${svc.retriesRefused})</p>` +
-        `<table>${head(['instance', 'state', 'in flight', 'tries', 'failures (connect / reset / timeout / 5xx)'])}${svc.instances
+        `<div class="wide"><table>${head(['instance', 'state', 'in flight', 'tries', 'failures (connect / reset / timeout / 5xx)'])}${svc.instances
           .map((i) =>
             rows([
               `<code>${h(i.origin)}</code>`,
@@ -206,7 +206,7 @@ export function statusHtml(d: StatusData): string {
               `${i.failures.connect} / ${i.failures.reset} / ${i.failures.timeout} / ${i.failures.status}`,
             ]),
           )
-          .join('')}</table>`,
+          .join('')}</table></div>`,
     )
     .join('');
   const a = d.audit;

@@ -101,6 +101,10 @@ describe('the status page in a real browser (Chromium)', { timeout: 120_000 }, (
       assert.match(await tab.locator('body').innerText(), /refused[\s\S]*routes\[0\]\.service/);
       await tab.screenshot({ path: SCREENSHOT, fullPage: true });
       assert.ok(existsSync(SCREENSHOT));
+      // Readable in a narrow window: the page itself never scrolls sideways (wide tables scroll in place).
+      await tab.setViewportSize({ width: 380, height: 800 });
+      const overflow = (await tab.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth')) as number;
+      assert.ok(overflow <= 1, `the page is ${overflow} px wider than a 380 px window`);
       assert.deepEqual(problems, []);
     } finally {
       await context.close();
