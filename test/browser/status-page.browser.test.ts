@@ -93,7 +93,15 @@ describe('the status page in a real browser (Chromium)', { timeout: 120_000 }, (
       // The audit service of this gateway is unreachable: the events of the requests above wait.
       const text = await tab.locator('body').innerText();
       assert.match(text, /the audit service is unreachable/);
-      assert.doesNotMatch(await tab.locator('#audit-waiting').innerText(), /^0\.0 KB$/);
+      const kb = async () => Number(/^([\d.]+) KB$/.exec(await tab.locator('#audit-waiting').innerText())?.[1] ?? NaN);
+      const waitingBefore = await kb();
+      assert.ok(waitingBefore > 0, 'events wait');
+      const token = await signToken({ sub: 'status-page-user' });
+      for (let i = 0; i < 10; i++) await send(`${gw.url}/api/v1/records/${i}`, { token });
+      await until('the backlog grown on the page', 10_000, async () => {
+        await tab.reload();
+        return (await kb()) > waitingBefore ? true : undefined;
+      }, 200);
       // A refused reload, with its field path.
       await writeFile(gw.routesFile, stringify({ services: { records: { instances: [steady.url] } }, routes: [{ name: 'records', path: '/x', service: 'nowhere' }] }));
       assert.equal((await gw.gateway.reload()).ok, false);
