@@ -299,7 +299,9 @@ describe('three gateway processes sharing one redis', () => {
     redis = await startRedis();
     upstream = await startUpstream();
     const routes = routesFor(upstream.url, [{ name: 'records', prefix: '/api/records' }]);
-    const env = { ...ENV, RATE_LIMIT_PER_MINUTE: String(SHARED_LIMIT), REDIS_URL: redis.url };
+    // A generous command timeout: on a busy machine a late answer would send a request to the
+    // per-process fallback, which is another test's subject (redis-timeouts.test.ts), not this one's.
+    const env = { ...ENV, RATE_LIMIT_PER_MINUTE: String(SHARED_LIMIT), REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: '2000' };
     const started = await Promise.allSettled([0, 1, 2].map(() => spawnGateway(routes, env)));
     gateways = started.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
     const failed = started.find((s) => s.status === 'rejected');
