@@ -1,4 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import { freePort } from './ports.js';
@@ -12,6 +14,20 @@ export interface TestRedis {
   freeze(): void;
   thaw(): void;
   start(): Promise<void>;
+}
+
+/**
+ * A self-signed certificate for localhost and 127.0.0.1, written into `dir`: the certificate is
+ * its own CA bundle (REDIS_CA_FILE).
+ */
+export async function loopbackCertificate(dir: string): Promise<{ certFile: string; keyFile: string }> {
+  const certFile = join(dir, 'redis.crt');
+  const keyFile = join(dir, 'redis.key');
+  await promisify(execFile)('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', certFile,
+    '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+  ]);
+  return { certFile, keyFile };
 }
 
 /** A real redis-server on a free loopback port, with nothing kept on disk. */

@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectProblem, send } from '../helpers/http.js';
 import { until } from '../helpers/poll.js';
 import { startCluster, type TestCluster } from '../helpers/redis-cluster.js';
+import { loopbackCertificate } from '../helpers/redis.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -30,12 +29,8 @@ describe('REDIS_CLUSTER_NODES with REDIS_TLS, REDIS_CA_FILE and REDIS_PASSWORD',
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gw-cluster-tls-'));
-    caFile = join(dir, 'redis.crt');
-    const keyFile = join(dir, 'redis.key');
-    await promisify(execFile)('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', caFile,
-      '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    ]);
+    const { certFile, keyFile } = await loopbackCertificate(dir);
+    caFile = certFile;
     const ca = await readFile(caFile);
     cluster = await startCluster({
       serverArgs: ['--port', '0', '--tls-port', '{port}', '--tls-cluster', 'yes', '--tls-cert-file', caFile, '--tls-key-file', keyFile, '--tls-ca-cert-file', caFile, '--tls-auth-clients', 'no', '--requirepass', PASSWORD, '--masterauth', PASSWORD],

@@ -1,15 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { request } from 'undici';
 import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { expectProblem, read } from '../helpers/http.js';
-import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { loopbackCertificate, startRedis, type TestRedis } from '../helpers/redis.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -29,12 +27,8 @@ describe('REDIS_URL=rediss:// with REDIS_CA_FILE', () => {
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'gw-redis-tls-'));
-    caFile = join(dir, 'redis.crt');
-    const keyFile = join(dir, 'redis.key');
-    await promisify(execFile)('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', keyFile, '-out', caFile,
-      '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    ]);
+    const { certFile, keyFile } = await loopbackCertificate(dir);
+    caFile = certFile;
     // TLS only: the plain port is off, so nothing can reach this Redis without TLS.
     redis = await startRedis(['--port', '0', '--tls-port', '{port}', '--tls-cert-file', caFile, '--tls-key-file', keyFile, '--tls-auth-clients', 'no']);
     upstream = await startUpstream();
