@@ -95,6 +95,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
       if (healthRefresh !== null) clearInterval(healthRefresh);
       await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS), tracing?.shutdown()]);
       health.stop();
+      accessControl.close();
       local.close();
       redis?.disconnect();
       pipe?.close();

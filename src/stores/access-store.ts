@@ -57,6 +57,13 @@ export interface SharedAccessStore {
   cacheSession(sessionId: string, userId: string, ttlSeconds: number): Promise<void>;
   /** Every revocation in force (for a replica whose mirror may have missed announcements). */
   revocations(): Promise<Revocation[]>;
+  /**
+   * The store's epoch: an id written once into a store that has none. A different one than last
+   * time means the store lost its data (restarted empty, or failed over to an empty replica).
+   */
+  epoch(candidate: string): Promise<string>;
+  /** Writes revocations back, never shortening or lowering one the store already has. */
+  restore(revocations: readonly Revocation[]): Promise<void>;
 }
 
 /**
@@ -113,6 +120,9 @@ export const legacyKeys = {
 function legacyKeyPart(id: string): string {
   return id.includes(':') || id.includes('%') ? id.replace(/%/g, '%25').replace(/:/g, '%3A') : id;
 }
+
+/** The key holding the store's epoch (SharedAccessStore.epoch). */
+export const EPOCH_KEY = 'gateway:epoch';
 
 /** The channel on which a replica announces a revocation to the others. */
 export const REVOCATION_CHANNEL = 'gateway:revocations';

@@ -40,4 +40,12 @@ export class DryAccessStore implements SharedAccessStore {
   revocations(): Promise<Revocation[]> {
     return this.store.revocations();
   }
+
+  epoch(_candidate: string): Promise<string> {
+    return Promise.reject(new Error('explain changes nothing: no epoch is written'));
+  }
+
+  restore(): Promise<void> {
+    return Promise.resolve();
+  }
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
@@ -9,6 +10,10 @@ import type { RateLimitDecision } from './rate-limit-store.js';
 export const UNAVAILABLE = null;
 
 const RESYNC_ATTEMPTS = 20;
+/** How often the store's epoch is read: a Redis that lost its data is given back its revocations within this. */
+const EPOCH_CHECK_MS = 2_000;
+/** Reading the epoch and writing revocations back are not on any request's path. */
+const EPOCH_TIMEOUT_MS = 5_000;
 const RESYNC_PAUSE_MS = 500;
 
 /** The shared store did not answer within REDIS_COMMAND_TIMEOUT_MS. */
@@ -51,6 +56,10 @@ function within<T>(work: Promise<T>, ms: number): Promise<T> {
  */
 export class AccessControl {
   private failing = false;
+  /** The epoch of the store as last read; null before the first read. */
+  private epochSeen: string | null = null;
+  private checkingEpoch = false;
+  private epochTimer: NodeJS.Timeout | null = null;
   private readonly revocationListeners = new Set<(r: Revocation) => void>();
 
   constructor(
@@ -77,10 +86,44 @@ export class AccessControl {
       const reconnected = ++connections > 1;
       const subscribed = reconnected ? Promise.resolve() : subscriber.subscribe(REVOCATION_CHANNEL).then(() => undefined);
       subscribed.then(
-        () => this.resync(reconnected ? 'revocation mirror resynced after a reconnect' : 'revocation mirror loaded'),
+        async () => {
+          await this.resync(reconnected ? 'revocation mirror resynced after a reconnect' : 'revocation mirror loaded');
+          await this.checkEpoch();
+        },
         (err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements'),
       );
     });
+    this.epochTimer = setInterval(() => void this.checkEpoch(), EPOCH_CHECK_MS);
+    this.epochTimer.unref();
+  }
+
+  /**
+   * A Redis that restarted without its data (no persistence, a failover to an empty replica, a
+   * FLUSHALL) forgets every revocation: a replica started after that would serve revoked tokens.
+   * Each replica remembers the store's epoch; when it changes, the replica writes back every
+   * revocation its mirror still holds, so that every replica, old or new, refuses them again.
+   */
+  async checkEpoch(): Promise<void> {
+    if (this.shared === null || this.checkingEpoch) return;
+    this.checkingEpoch = true;
+    try {
+      const current = await within(this.shared.epoch(randomUUID()), EPOCH_TIMEOUT_MS);
+      if (this.epochSeen !== null && current !== this.epochSeen) {
+        const held = this.local.revocationsInForce();
+        await within(this.shared.restore(held), EPOCH_TIMEOUT_MS);
+        this.logger.warn({ revocations: held.length }, 'redis lost its data (its epoch changed): the revocations this replica holds were written back');
+      }
+      // Only once written back: a failed write-back is tried again at the next check.
+      this.epochSeen = current;
+    } catch {
+      // Redis away: the request path notices and reports it; the next check tries again.
+    } finally {
+      this.checkingEpoch = false;
+    }
+  }
+
+  close(): void {
+    if (this.epochTimer !== null) clearInterval(this.epochTimer);
   }
 
   /** Applies every revocation in force to the mirror (after the subscriber missed some). */

@@ -29,6 +29,12 @@ class ExpiringMap<V> {
     this.entries.delete(key);
   }
 
+  /** Every entry not yet expired, with what is left of its lifetime. */
+  *live(): Generator<[string, V, number]> {
+    const now = this.now();
+    for (const [key, e] of this.entries) if (e.expiresAt > now) yield [key, e.value, e.expiresAt - now];
+  }
+
   sweep(): void {
     const now = this.now();
     for (const [key, e] of this.entries) if (e.expiresAt <= now) this.entries.delete(key);
@@ -42,7 +48,8 @@ class ExpiringMap<V> {
  */
 export class MemoryAccessStore {
   readonly limits: MemoryRateLimitStore;
-  private readonly revokedTokens: ExpiringMap<true>;
+  /** Token id to the user it belongs to ('' for an announcement that named none). */
+  private readonly revokedTokens: ExpiringMap<string>;
   private readonly revokedUsers: ExpiringMap<number>;
   private readonly sessions: ExpiringMap<string>;
   private readonly sweeper: NodeJS.Timeout;
@@ -78,11 +85,19 @@ export class MemoryAccessStore {
 
   /** Applies a revocation made here or announced by another replica. */
   apply(r: Revocation): void {
-    if (r.kind === 'token') this.revokedTokens.set(r.tokenId, true, r.ttlSeconds * 1000);
+    if (r.kind === 'token') this.revokedTokens.set(r.tokenId, r.userId, r.ttlSeconds * 1000);
     else if (r.kind === 'user') {
       const current = this.revokedUsers.get(r.userId);
       if (current === undefined || r.before > current) this.revokedUsers.set(r.userId, r.before, r.ttlSeconds * 1000);
     } else this.sessions.delete(r.sessionId);
+  }
+
+  /** The token and user revocations held, with what is left of their lifetime: what a Redis that lost its data is given back. */
+  revocationsInForce(): Revocation[] {
+    const out: Revocation[] = [];
+    for (const [tokenId, userId, ms] of this.revokedTokens.live()) out.push({ kind: 'token', userId, tokenId, ttlSeconds: Math.ceil(ms / 1000) });
+    for (const [userId, before, ms] of this.revokedUsers.live()) out.push({ kind: 'user', userId, before, ttlSeconds: Math.ceil(ms / 1000) });
+    return out;
   }
 
   cacheSessionNow(sessionId: string, userId: string, ttlSeconds: number): void {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import { keys, legacyKeys, REVOCATION_CHANNEL, unescapeKeyPart, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
+import { EPOCH_KEY, keys, legacyKeys, REVOCATION_CHANNEL, unescapeKeyPart, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
 import type { LuaScript, RespValue } from './resp-pipe.js';
 
@@ -88,13 +88,24 @@ end
 return 1
 `;
 
+/** The epoch, written if there is none. */
+const EPOCH = `
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`;
+
+/** Revocations written back at most this many per round trip. */
+const RESTORE_CHUNK = 500;
+
 const script = (body: string): LuaScript => ({ body, sha: createHash('sha1').update(body).digest('hex') });
 const COUNT_SCRIPT = script(COUNT);
 const ACCESS_SCRIPT = script(ACCESS);
 const IS_REVOKED_SCRIPT = script(IS_REVOKED);
 
 type Reply = [number, number?, number?, number?, (string | null)?];
-type Scripted = { gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number> };
+type Scripted = { gatewayRevokeUser(key: string, before: string, ttl: string): Promise<number>; gatewayEpoch(key: string, candidate: string): Promise<string> };
 
 /** What carries the request path's scripts: one pipelined connection (resp-pipe.ts), or one per primary of a cluster (cluster-pipe.ts). */
 export interface ScriptRunner {
@@ -124,6 +135,7 @@ export class RedisAccessStore implements SharedAccessStore {
     private readonly pipe: ScriptRunner,
   ) {
     redis.defineCommand('gatewayRevokeUser', { numberOfKeys: 1, lua: REVOKE_USER });
+    redis.defineCommand('gatewayEpoch', { numberOfKeys: 1, lua: EPOCH });
     this.redis = redis as (Redis | Cluster) & Scripted;
     this.legacy = !isCluster(redis);
   }
@@ -172,6 +184,29 @@ export class RedisAccessStore implements SharedAccessStore {
     else if (r.kind === 'user') await this.redis.gatewayRevokeUser(keys.revokedUser(r.userId), String(r.before), String(Math.max(1, Math.ceil(r.ttlSeconds))));
     else await this.redis.del(keys.session(r.userId, r.sessionId));
     await this.redis.publish(REVOCATION_CHANNEL, JSON.stringify(r));
+  }
+
+  epoch(candidate: string): Promise<string> {
+    return this.redis.gatewayEpoch(EPOCH_KEY, candidate);
+  }
+
+  /**
+   * Token revocations are set only where absent (NX); a user's is raised, never lowered (the
+   * revoke script). A token revocation that names no user (announced by an earlier release) goes
+   * back under the earlier layout's key, where one Redis still reads it.
+   */
+  async restore(revocations: readonly Revocation[]): Promise<void> {
+    for (let i = 0; i < revocations.length; i += RESTORE_CHUNK) {
+      const writes: Array<Promise<unknown>> = [];
+      for (const r of revocations.slice(i, i + RESTORE_CHUNK)) {
+        const ttl = String(Math.max(1, Math.ceil(r.kind === 'session' ? 0 : r.ttlSeconds)));
+        if (r.kind === 'token') {
+          const key = r.userId !== '' ? keys.revokedToken(r.userId, r.tokenId) : this.legacy ? legacyKeys.revokedToken(r.tokenId) : null;
+          if (key !== null) writes.push(this.redis.set(key, '1', 'EX', ttl, 'NX'));
+        } else if (r.kind === 'user') writes.push(this.redis.gatewayRevokeUser(keys.revokedUser(r.userId), String(r.before), ttl));
+      }
+      await Promise.all(writes);
+    }
   }
 
   /**
