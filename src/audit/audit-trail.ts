@@ -14,7 +14,27 @@ export interface AuditRecord {
   readonly breakGlass: string | null;
   /** A PHI request let in while the spool had room: its event may use the headroom. */
   readonly auditAdmitted: boolean;
+  /** The write-ahead access record of this exchange, when its route has one. */
+  readonly accessRecord: AccessRecord | null;
+  /** For the completion: the instance the upstream call tried last, tries after the first, bytes of the answer's body sent. */
+  readonly upstreamOrigin: string | null;
+  readonly retries: number;
+  readonly bytesOut: number;
 }
+
+/**
+ * The access record of one exchange on a write-ahead route, appended when the request is
+ * admitted; the answer's head waits until it is durable (pipeline/proxy-response.ts).
+ */
+export interface AccessRecord {
+  readonly eventId: string;
+  /** The record's number in the spool. */
+  readonly seq: number;
+  readonly trail: AuditTrail;
+}
+
+/** Bounds of the histogram of how long answers waited for their access record to be durable. */
+const WAIT_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
 /** How a WebSocket ended, for its closing audit event (websocket.ts). */
 export interface SocketClose {
@@ -73,6 +93,13 @@ export class AuditTrail {
   failures = 0;
   /** True while the last delivery attempt failed. */
   failing = false;
+  /** Access records found without their completion at start (a crash in between), completed as incomplete. */
+  incompleteAtStart = 0;
+  /** How long answers of write-ahead routes waited for their access record to be durable. */
+  readonly waitBuckets = new Float64Array(WAIT_BUCKETS.length);
+  waitCount = 0;
+  waitSum = 0;
+  readonly waitBounds: readonly number[] = WAIT_BUCKETS;
   private stopped = false;
   /** Set at shutdown: what is left goes out at once, without gathering. */
   private draining = false;
@@ -99,7 +126,10 @@ export class AuditTrail {
   static async open(options: AuditOptions, logger: Logger): Promise<AuditTrail> {
     const spool = await Spool.open(options.spoolDir, options.spoolMaxBytes);
     const trail = new AuditTrail(spool, options, logger);
-    if (spool.backlog > 0) logger.info({ backlog_bytes: spool.backlog }, 'audit events from an earlier run are waiting for delivery');
+    if (spool.backlog > 0) {
+      logger.info({ backlog_bytes: spool.backlog }, 'audit events from an earlier run are waiting for delivery');
+      await trail.completeInterrupted();
+    }
     trail.loop = trail.deliver();
     return trail;
   }
@@ -121,21 +151,95 @@ export class AuditTrail {
   }
 
   /**
-   * Records one finished exchange on an authenticated route. Built as text, like the access
-   * line: the request id, role, route and method are validated tokens; the rest is escaped.
+   * The access record of a request on a write-ahead route (every `phi: true` route, and those
+   * with `audit: write-ahead`), appended as it is admitted, before the upstream is called: who,
+   * role, route, method, request id, break-glass, time. Its commit starts at once and runs while
+   * the upstream call is in flight. Null when the spool cannot take it (the request is refused).
    */
-  record(ex: AuditRecord, method: string, status: number): void {
+  recordAccess(ex: AuditRecord, method: string): AccessRecord | null {
+    const eventId = randomUUID();
+    const seq = this.spool.appendNow(`{"event_id":"${eventId}","timestamp":"${isoTimestamp()}","type":"api_access","request_id":"${ex.id}"${this.whoAndWhat(ex, method)},"service":"api-gateway"}`);
+    return seq === 0 ? null : { eventId, seq, trail: this };
+  }
+
+  isDurable(record: AccessRecord): boolean {
+    return this.spool.isDurable(record.seq);
+  }
+
+  whenDurable(record: AccessRecord, done: (ok: boolean) => void): void {
+    this.spool.whenDurable(record.seq, done);
+  }
+
+  /** How long one answer of a write-ahead route waited for its access record (0 when it was already durable). */
+  waited(seconds: number): void {
+    this.waitCount++;
+    this.waitSum += seconds;
+    for (let i = 0; i < WAIT_BUCKETS.length; i++) {
+      if (seconds <= WAIT_BUCKETS[i]!) {
+        this.waitBuckets[i]!++;
+        break;
+      }
+    }
+  }
+
+  /**
+   * Records one finished exchange on an authenticated route: on a write-ahead route, the
+   * completion of its access record (`access_event_id`). Built as text, like the access line:
+   * the request id, role, route and method are validated tokens; the rest is escaped.
+   */
+  record(ex: AuditRecord, method: string, status: number, durationMs: number): void {
+    const access = ex.accessRecord;
+    const line =
+      `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"api_request","request_id":"${ex.id}"${this.whoAndWhat(ex, method)},"status":${status}` +
+      `,"duration_ms":${Math.round(durationMs * 1000) / 1000},"bytes_out":${ex.bytesOut},"upstream":${ex.upstreamOrigin === null ? 'null' : JSON.stringify(ex.upstreamOrigin)},"retries":${ex.retries}` +
+      `${access === null ? '' : `,"access_event_id":"${access.eventId}"`},"service":"api-gateway"}`;
+    // A PHI request was let through only while the spool had room: its event may use the headroom.
+    if (!this.spool.append(line, ex.auditAdmitted || access !== null)) this.droppedOne();
+  }
+
+  /** The fields every event of an exchange shares after its ids: who, what, from where. */
+  private whoAndWhat(ex: AuditRecord, method: string): string {
     const route = ex.route!;
     const who = ex.identity;
-    const line =
-      `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"api_request","request_id":"${ex.id}"` +
+    return (
       `,"user_id":${who === null ? 'null' : JSON.stringify(who.userId)},"role":${who === null ? 'null' : `"${who.role}"`}` +
-      `,"route":${JSON.stringify(route.template)},"route_name":"${route.name}","method":${JSON.stringify(method)},"status":${status}` +
-      `,"client_ip":${JSON.stringify(ex.clientIp)},"break_glass":${ex.breakGlass !== null},"phi":${route.phi},"service":"api-gateway"}`;
-    // A PHI request was let through only while the spool had room: its event may use the headroom.
-    if (!this.spool.append(line, ex.auditAdmitted)) {
-      this.dropped++;
-      if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
+      `,"route":${JSON.stringify(route.template)},"route_name":"${route.name}","method":${JSON.stringify(method)}` +
+      `,"client_ip":${JSON.stringify(ex.clientIp)},"break_glass":${ex.breakGlass !== null},"phi":${route.phi}`
+    );
+  }
+
+  private droppedOne(): void {
+    this.dropped++;
+    if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
+  }
+
+  /**
+   * At start: an access record the spool holds without its completion belongs to an exchange the
+   * gateway stopped in the middle of (killed, crashed). Each gets a completion that says so
+   * (`"incomplete": true`, status null), so the audit service is told rather than left to guess.
+   * A completion written by an earlier start counts: a restart never completes one twice.
+   */
+  private async completeInterrupted(): Promise<void> {
+    const open = new Map<string, string>();
+    await this.spool.forEachUndelivered((line) => {
+      if (line.includes('"type":"api_access"')) {
+        const id = field(line, 'event_id');
+        if (id !== null) open.set(id, line);
+      } else if (line.includes('"access_event_id":"')) {
+        const id = field(line, 'access_event_id');
+        if (id !== null) open.delete(id);
+      }
+    });
+    for (const [accessId, line] of open) {
+      const access = JSON.parse(line) as Record<string, unknown>;
+      const { event_id: _id, timestamp: _at, type: _type, service: _service, ...rest } = access;
+      const completion = { event_id: randomUUID(), timestamp: isoTimestamp(), type: 'api_request', ...rest, status: null, incomplete: true, access_event_id: accessId, service: 'api-gateway' };
+      if (!this.spool.append(JSON.stringify(completion), true)) this.droppedOne();
+      else this.incompleteAtStart++;
+    }
+    if (open.size > 0) {
+      await this.spool.flush();
+      this.logger.warn({ exchanges: open.size }, 'audit: access records of exchanges interrupted by the last stop were completed as incomplete');
     }
   }
 
@@ -145,22 +249,16 @@ export class AuditTrail {
    * the content of a message.
    */
   recordSocket(ex: AuditRecord, phase: 'open' | 'close', closed: SocketClose | null): void {
-    const route = ex.route!;
-    const who = ex.identity;
     const detail =
       closed === null
         ? ''
         : `,"duration_ms":${Math.round(closed.durationMs)},"frames_in":${closed.framesIn},"bytes_in":${closed.bytesIn},"frames_out":${closed.framesOut},"bytes_out":${closed.bytesOut}` +
           `,"close_code":${closed.code},"closed_by":"${closed.closedBy}","close_reason":"${closed.reason}"`;
+    const access = phase === 'close' ? ex.accessRecord : null;
     const line =
-      `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"websocket_${phase}","request_id":"${ex.id}"` +
-      `,"user_id":${who === null ? 'null' : JSON.stringify(who.userId)},"role":${who === null ? 'null' : `"${who.role}"`}` +
-      `,"route":${JSON.stringify(route.template)},"route_name":"${route.name}","method":"GET","status":101` +
-      `,"client_ip":${JSON.stringify(ex.clientIp)},"break_glass":${ex.breakGlass !== null},"phi":${route.phi}${detail},"service":"api-gateway"}`;
-    if (!this.spool.append(line, ex.auditAdmitted)) {
-      this.dropped++;
-      if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
-    }
+      `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"websocket_${phase}","request_id":"${ex.id}"${this.whoAndWhat(ex, 'GET')},"status":101${detail}` +
+      `${access === null ? '' : `,"access_event_id":"${access.eventId}"`},"service":"api-gateway"}`;
+    if (!this.spool.append(line, ex.auditAdmitted)) this.droppedOne();
   }
 
   /** Stops delivering after writing out what is accepted; what is undelivered stays for the next run. */
@@ -276,4 +374,13 @@ export class AuditTrail {
       };
     });
   }
+}
+
+/** The value of a string field in one event line as the gateway wrote it (ids are UUIDs: no escapes). */
+function field(line: string, name: string): string | null {
+  const key = `"${name}":"`;
+  const at = line.indexOf(key);
+  if (at === -1) return null;
+  const end = line.indexOf('"', at + key.length);
+  return end === -1 ? null : line.slice(at + key.length, end);
 }

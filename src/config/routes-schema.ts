@@ -101,6 +101,7 @@ function publicRouteRule(route: Draft, ctx: Issues): void {
     if (route[field] !== undefined) ctx.addIssue({ code: 'custom', path: [field], message: `a public route cannot require ${field}; set auth: required` });
   }
   if (route.action === 'logout' || route.action === 'revoke') ctx.addIssue({ code: 'custom', path: ['auth'], message: `a ${route.action} route needs auth: required` });
+  if (route.audit === 'write-ahead') ctx.addIssue({ code: 'custom', path: ['audit'], message: 'a public route is not audited; write-ahead audit needs auth: required' });
 }
 
 /** Parameters that a subject check or a transform reads must exist, and a transform may not replace the checked one. */

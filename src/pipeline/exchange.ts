@@ -5,7 +5,7 @@ import type { Identity } from '../auth/identity.js';
 import type { ErrorCode } from '../errors.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 import type { UpstreamCall } from '../upstream/call.js';
-import type { SocketClose } from '../audit/audit-trail.js';
+import type { AccessRecord, SocketClose } from '../audit/audit-trail.js';
 import type { CorsPolicy } from './cors-policy.js';
 import type { RateLimitPolicy } from './rate-limit-policy.js';
 
@@ -107,6 +107,10 @@ export class Exchange {
   rateLimit: RateLimitDecision | null = null;
   /** audit-gate: a PHI request let in while the audit spool had room: its event may use the headroom. */
   auditAdmitted = false;
+  /** audit-gate: the write-ahead access record; the answer's head waits until it is durable. */
+  accessRecord: AccessRecord | null = null;
+  /** forward, websocket: how long the answer waited for the access record to be durable (ms), once known. */
+  auditWaitMs = -1;
   /** auth-flow: the validated body the gateway sends instead of the client's (login, refresh, logout). */
   body: Buffer | null = null;
   /** auth-flow: runs on the way out (a login gives its counted attempt back here). */
@@ -120,6 +124,8 @@ export class Exchange {
   /** forward: the upstream call, and its answer's status once its head arrived. */
   upstream: UpstreamCall | null = null;
   upstreamStatus = 0;
+  /** forward: bytes of the upstream's answer body passed to the client. */
+  bytesOut = 0;
   /** forward: told when the client's response closes. */
   inFlight: { clientClosed(): void } | null = null;
   /** forward: why an upstream try failed (an errno or undici code), when the gateway answered for it. */

@@ -52,7 +52,8 @@ export function finisher({ accessLog, audit, metrics, trends, logger, isShutting
     accessLog.write(ex, req, status, ms, label.startsWith('/health'));
     if (audit !== null && ex.route !== null && ex.route.auth === 'required' && !ex.preflight) {
       if (ex.webSocket !== null) audit.recordSocket(ex, 'close', ex.webSocket);
-      else audit.record(ex, req.method!, status);
+      else audit.record(ex, req.method!, status, ms);
+      if (ex.auditWaitMs >= 0) audit.waited(ex.auditWaitMs / 1000);
     }
     if (ex.span !== null) endSpans(ex, status);
     if (trends !== null && ex.route !== null && !ex.preflight) trends.record(ex.route.template, status, ms / 1000);

@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici';
 import { writeProblem, writeUpstreamError } from '../errors.js';
 import type { UpstreamHandler } from '../upstream/call.js';
 import { ClientClosed, type UpstreamFailure } from '../upstream/failures.js';
+import { awaitRecord, recordedNow, UNAUDITABLE } from './audit-gate.js';
 import type { Exchange } from './exchange.js';
 
 /**
@@ -18,6 +19,13 @@ export class ProxyResponse implements UpstreamHandler {
   /** The answer was an upstream error replaced by the gateway's own: its body is dropped. */
   private mapped = false;
   private onDrain: (() => void) | null = null;
+  /**
+   * On a write-ahead route, what the upstream said before the access record was durable, replayed
+   * in order once it is (the upstream paused meanwhile); null when nothing is held.
+   */
+  private held: Array<() => void> | null = null;
+  /** The access record could not be made durable: the answer was replaced by a 503. */
+  private unaudited = false;
 
   constructor(
     private readonly ex: Exchange,
@@ -36,8 +44,12 @@ export class ProxyResponse implements UpstreamHandler {
     if (this.res.destroyed) controller.abort(new ClientClosed('the exchange has already ended'));
   }
 
-  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
-    if (statusCode < 200) return;
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    if (statusCode < 200 || this.unaudited) return;
+    if (this.ex.accessRecord !== null && this.mustHold(controller)) {
+      this.held!.push(() => this.onResponseStart(controller, statusCode, headers));
+      return;
+    }
     const ex = this.ex;
     this.started = true;
     ex.upstreamStatus = statusCode;
@@ -53,7 +65,12 @@ export class ProxyResponse implements UpstreamHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.mapped) return;
+    if (this.held !== null) {
+      this.held.push(() => this.onResponseData(controller, chunk));
+      return;
+    }
+    if (this.mapped || this.unaudited) return;
+    this.ex.bytesOut += chunk.length;
     if (!this.res.write(chunk)) {
       controller.pause();
       this.onDrain ??= () => this.controller?.resume();
@@ -61,12 +78,21 @@ export class ProxyResponse implements UpstreamHandler {
     }
   }
 
-  onResponseEnd(): void {
-    if (!this.mapped) this.res.end();
+  onResponseEnd(controller: Dispatcher.DispatchController): void {
+    if (this.held !== null) {
+      this.held.push(() => this.onResponseEnd(controller));
+      return;
+    }
+    if (!this.mapped && !this.unaudited) this.res.end();
   }
 
   /** Every failure arrives mapped (upstream/layers/error-map.ts). */
-  onResponseError(_controller: Dispatcher.DispatchController | null, error: Error): void {
+  onResponseError(controller: Dispatcher.DispatchController | null, error: Error): void {
+    if (this.unaudited) return;
+    if (this.ex.accessRecord !== null && !this.res.destroyed && this.mustHold(controller)) {
+      this.held!.push(() => this.onResponseError(controller, error));
+      return;
+    }
     const failure = error as UpstreamFailure;
     const ex = this.ex;
     if (this.started || this.res.destroyed) {
@@ -78,5 +104,32 @@ export class ProxyResponse implements UpstreamHandler {
     // A refusal before any try left the client's body unread: the connection goes with the answer.
     const headers = this.streamed && failure.causeCode === null ? { ...failure.headers, connection: 'close' } : failure.headers;
     writeProblem(this.res, failure.code, ex.id, failure.detail, headers, ex.answerHeaders);
+  }
+
+  /**
+   * Whether the answer must wait for the exchange's access record: true while it is held (the
+   * upstream paused), until the record is durable, or the answer becomes a 503 if it cannot be.
+   */
+  private mustHold(controller: Dispatcher.DispatchController | null): boolean {
+    if (this.held !== null) return true;
+    if (recordedNow(this.ex)) return false;
+    this.held = [];
+    controller?.pause();
+    awaitRecord(this.ex, (ok) => {
+      const held = this.held!;
+      this.held = null;
+      if (ok) {
+        for (const next of held) next();
+        // Unless the replay filled the client's buffer: then its drain resumes the upstream.
+        if (!this.res.writableNeedDrain) controller?.resume();
+        return;
+      }
+      this.unaudited = true;
+      const ex = this.ex;
+      ex.errorCode = UNAUDITABLE.code;
+      controller?.abort(new ClientClosed('the access record could not be made durable'));
+      if (!this.res.destroyed) writeProblem(this.res, UNAUDITABLE.code, ex.id, UNAUDITABLE.detail, UNAUDITABLE.headers, ex.answerHeaders);
+    });
+    return true;
   }
 }

@@ -10,6 +10,7 @@ import type { Revocation } from '../stores/access-store.js';
 import type { AccessControl } from '../stores/failover-access-store.js';
 import type { UpstreamService } from '../upstream/service.js';
 import { originAllowed } from './cors-policy.js';
+import { awaitRecord, recordedNow, UNAUDITABLE } from './audit-gate.js';
 import { ANSWERED, stage, type Exchange, type Refusal, type RouteStage, type Verdict } from './exchange.js';
 
 /** The routes-file slice: the route carries WebSockets (`websocket: true`, or its limits). */
@@ -201,8 +202,7 @@ export const websocket: RouteStage<WebSocketRoute, WebSocketDeps> = {
         const inst = service.pick(undefined, performance.now(), null);
         if (inst === null) return { code: 'GW_NO_HEALTHY_UPSTREAM', detail: `no instance of the ${service.name} service is healthy`, headers: { 'retry-after': '1' } };
         const url = `${inst.origin.replace(/^http/, 'ws')}${ex.upstreamTarget}`;
-        return openUpstream(url, req, ex, limits.maxMessageBytes, route.timeoutMs, deps.upstreamCa).then((upstream) => {
-          if (!(upstream instanceof WebSocket)) return upstream;
+        const accept = (upstream: WebSocket): Verdict => {
           if (up.socket.destroyed) {
             // The client left while the upstream was being opened.
             upstream.terminate();
@@ -215,6 +215,18 @@ export const websocket: RouteStage<WebSocketRoute, WebSocketDeps> = {
           ex.webSocketOpen = true;
           clients.handleUpgrade(req, up.socket, up.head, (client) => relay(ex, client, upstream, limits.idleTimeoutMs, deps));
           return ANSWERED;
+        };
+        return openUpstream(url, req, ex, limits.maxMessageBytes, route.timeoutMs, deps.upstreamCa).then((upstream) => {
+          if (!(upstream instanceof WebSocket)) return upstream;
+          if (recordedNow(ex)) return accept(upstream);
+          // On a write-ahead route the 101 waits for the access record to be durable.
+          return new Promise<Verdict>((resolve) =>
+            awaitRecord(ex, (ok) => {
+              if (ok) return resolve(accept(upstream));
+              upstream.terminate();
+              resolve(UNAUDITABLE);
+            }),
+          );
         });
       },
       true,

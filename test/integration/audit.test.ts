@@ -23,7 +23,10 @@ const ADMIN = '1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d';
 const STAFF = '0f1e2d3c-4b5a-4968-8776-655443322110';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
-const EVENT_FIELDS = ['event_id', 'timestamp', 'type', 'request_id', 'user_id', 'role', 'route', 'route_name', 'method', 'status', 'client_ip', 'break_glass', 'phi', 'service'].sort();
+/** An access record (write-ahead routes: every PHI route), appended before the upstream is called. */
+const ACCESS_FIELDS = ['event_id', 'timestamp', 'type', 'request_id', 'user_id', 'role', 'route', 'route_name', 'method', 'client_ip', 'break_glass', 'phi', 'service'].sort();
+/** The event of a finished exchange (on a write-ahead route, the completion of its access record). */
+const EVENT_FIELDS = [...ACCESS_FIELDS, 'status', 'duration_ms', 'bytes_out', 'upstream', 'retries'].sort();
 
 interface AuditEvent {
   event_id: string;
@@ -69,12 +72,17 @@ async function auditService(): Promise<AuditService> {
   };
 }
 
-/** The events the audit service holds for one request id (duplicates included). */
+/** The events of a finished exchange the audit service holds for one request id (duplicates included). */
 function eventsOf(audit: AuditService, requestId: string): AuditEvent[] {
-  return audit.events.filter((e) => e.request_id === requestId);
+  return audit.events.filter((e) => e.request_id === requestId && e.type === 'api_request');
 }
 
-/** Waits for the first event of a request id to reach the audit service. */
+/** The access records the audit service holds for one request id (duplicates included). */
+function accessRecordsOf(audit: AuditService, requestId: string): AuditEvent[] {
+  return audit.events.filter((e) => e.request_id === requestId && e.type === 'api_access');
+}
+
+/** Waits for the first event of a finished exchange of a request id to reach the audit service. */
 async function deliveredEvent(audit: AuditService, requestId: string, timeoutMs = 10_000): Promise<AuditEvent> {
   return until(`the audit event of ${requestId}`, timeoutMs, async () => eventsOf(audit, requestId)[0]);
 }
@@ -201,7 +209,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
     }
     // What the first process wrote is on disk, all of it, and nothing was delivered.
     const left = (await spoolText(spoolDir)).split('\n').filter(Boolean);
-    assert.equal(left.length, 500, 'the first process left its 500 events in the spool');
+    assert.equal(left.length, 1000, 'the first process left its 500 access records and 500 completions in the spool');
     assert.equal(audit.events.length, 0);
     assert.ok(!existsSync(join(spoolDir, 'LOCK')), 'a clean shutdown releases the spool LOCK');
 
@@ -215,7 +223,8 @@ describe('the audit trail', { timeout: 90_000 }, () => {
         return [...wanted].every((id) => seen.has(id)) ? true : undefined;
       }, 100);
 
-      // One event per request: event ids unique per request, a duplicate only of the same event.
+      // Two events per request (its access record and its completion): event ids unique, a
+      // duplicate only of the same event.
       const byEventId = new Map<string, AuditEvent>();
       for (const e of audit.events) {
         const earlier = byEventId.get(e.event_id);
@@ -223,8 +232,13 @@ describe('the audit trail', { timeout: 90_000 }, () => {
         else byEventId.set(e.event_id, e);
       }
       const firsts = [...byEventId.values()];
-      assert.equal(firsts.length, 1000, `${firsts.length} distinct events for 1,000 requests`);
-      assert.equal(new Set(firsts.map((e) => e.request_id)).size, 1000);
+      assert.equal(firsts.length, 2000, `${firsts.length} distinct events for 1,000 requests`);
+      const access = firsts.filter((e) => e.type === 'api_access');
+      const completions = firsts.filter((e) => e.type === 'api_request');
+      assert.equal(new Set(access.map((e) => e.request_id)).size, 1000);
+      assert.equal(new Set(completions.map((e) => e.request_id)).size, 1000);
+      const accessIds = new Map(access.map((e) => [e.request_id, e.event_id]));
+      for (const c of completions) assert.equal(c.access_event_id, accessIds.get(c.request_id), `the completion of ${c.request_id} names its access record`);
       for (const e of firsts) assert.match(e.event_id, UUID);
 
       // Spool order: everything the first process wrote, then the second's; within one process in
@@ -322,7 +336,22 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       const event = eventsOf(audit, `b-ok-${tag}`);
       assert.equal(event.length, 1);
       const e = event[0]!;
-      assert.deepEqual(Object.keys(e).sort(), EVENT_FIELDS, `fields of ${JSON.stringify(e)}`);
+      assert.deepEqual(Object.keys(e).sort(), [...EVENT_FIELDS, 'access_event_id'].sort(), `fields of ${JSON.stringify(e)}`);
+      // A PHI route's request has its access record too, written before the upstream was called.
+      const accessRecords = accessRecordsOf(audit, `b-ok-${tag}`);
+      assert.equal(accessRecords.length, 1);
+      const a = accessRecords[0]!;
+      assert.deepEqual(Object.keys(a).sort(), ACCESS_FIELDS, `fields of ${JSON.stringify(a)}`);
+      assert.equal(e.access_event_id, a.event_id);
+      assert.deepEqual(
+        { user_id: a.user_id, role: a.role, route: a.route, route_name: a.route_name, method: a.method, client_ip: a.client_ip, break_glass: a.break_glass, phi: a.phi },
+        { user_id: PROVIDER, role: 'health_provider', route: '/api/records/:id', route_name: 'records', method: 'GET', client_ip: '127.0.0.1', break_glass: false, phi: true },
+      );
+      assert.ok(Date.parse(a.timestamp) <= Date.parse(e.timestamp));
+      assert.equal(e.upstream, phiUpstream.url);
+      assert.equal(e.retries, 0);
+      assert.equal(e.bytes_out, Buffer.byteLength(ok.text));
+      assert.ok(typeof e.duration_ms === 'number' && e.duration_ms >= 0);
       assert.match(e.event_id, UUID);
       assert.match(e.timestamp, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
       assert.ok(Date.parse(e.timestamp) >= started - 1 && Date.parse(e.timestamp) <= finished + 1, `timestamp ${e.timestamp}`);
@@ -334,6 +363,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
 
       const unauth = eventsOf(audit, `b-401-${tag}`);
       assert.equal(unauth.length, 1, 'a request without a token to an authenticated route is audited');
+      assert.deepEqual(accessRecordsOf(audit, `b-401-${tag}`), [], 'a request refused before admission has no access record');
       assert.deepEqual(
         { user_id: unauth[0]!.user_id, role: unauth[0]!.role, status: unauth[0]!.status, route: unauth[0]!.route, phi: unauth[0]!.phi },
         { user_id: null, role: null, status: 401, route: '/api/records/:id', phi: true },
@@ -347,8 +377,10 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       const nonPhi = eventsOf(audit, `b-notes-${tag}`);
       assert.equal(nonPhi.length, 1, 'an authenticated route without PHI is audited too');
       assert.equal(nonPhi[0]!.phi, false);
+      assert.deepEqual(Object.keys(nonPhi[0]!).sort(), EVENT_FIELDS, 'a route without write-ahead audit has one event, with no access record');
+      assert.deepEqual(accessRecordsOf(audit, `b-notes-${tag}`), []);
 
-      for (const skipped of ['public', 'preflight', '404', 'own']) assert.deepEqual(eventsOf(audit, `b-${skipped}-${tag}`), [], `${skipped}: no audit event`);
+      for (const skipped of ['public', 'preflight', '404', 'own']) assert.deepEqual(audit.events.filter((x) => x.request_id === `b-${skipped}-${tag}`), [], `${skipped}: no audit event`);
       // The raw path is never in an event, only the template.
       const text = JSON.stringify(audit.events);
       for (const raw of ['rec-4711', 'rec-4712', 'rec-4713']) assert.ok(!text.includes(raw), `the raw path segment ${raw} reached the audit trail`);
@@ -373,6 +405,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       assert.equal(phiUpstream.received.length, before + 1);
       const e = await deliveredEvent(audit, 'b-break-glass');
       assert.equal(e.break_glass, true);
+      assert.equal(accessRecordsOf(audit, 'b-break-glass')[0]?.break_glass, true, 'the access record is flagged too');
       assert.equal(e.role, 'admin');
       assert.equal(e.user_id, ADMIN);
       assert.equal(e.status, 200);
@@ -504,6 +537,8 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       await until('the PHI route to serve again', 40_000, async () => {
         const res = await get(gw.url, '/api/records/rec-2', { token });
         audited++;
+        // Served: its access record as well as its completion.
+        if (res.statusCode === 200) audited++;
         return res.statusCode === 200 ? true : undefined;
       }, 200);
       assert.equal(phiUpstream.received.length, 1);
@@ -516,7 +551,7 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       const dropped = metric(await metrics(gw.url), 'api_gateway_audit_events_dropped_total');
       assert.ok(dropped > 0);
       const distinct = new Set(audit.events.map((e) => e.event_id)).size;
-      assert.equal(distinct, audited - dropped, `${audited} audited requests, ${dropped} dropped, ${distinct} delivered`);
+      assert.equal(distinct, audited - dropped, `${audited} events of audited requests, ${dropped} dropped, ${distinct} delivered`);
     } finally {
       await gw.close();
       await phiUpstream.close();
