@@ -27,6 +27,8 @@ import { workerMetrics } from './workers.js';
 /** How often the health checks run by themselves, for the dependency gauges. */
 const HEALTH_REFRESH_MS = 15_000;
 
+/** The command timeout of the connection that hears revocation announcements. */
+const SUBSCRIBER_TIMEOUT_MS = 5_000;
 /** At shutdown, how long the audit backlog may take to reach the audit service before the spool keeps it. */
 const AUDIT_DRAIN_MS = 2_000;
 
@@ -140,6 +142,7 @@ function openHealth(
     authServiceUrl: env.AUTH_SERVICE_URL,
     redisPing: d.redis ? () => d.redis!.ping() : null,
     redisState: () => d.pipe?.state() ?? null,
+    announcements: () => d.accessControl.announcements,
     sharedStoreDegraded: () => d.accessControl.degraded,
     probeSharedStore: () => d.accessControl.probe(),
     cacheMs: env.HEALTH_CACHE_MS,
@@ -170,7 +173,8 @@ function openStores(
   const { redis, pipe, store } = openRedisStore(connection, timeoutMs, logger);
   const accessControl = new AccessControl(store, local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
-  const subscriber = createRedisClient(connection, timeoutMs, logger);
+  // Its commands (SUBSCRIBE) are on no request's path: a stalled event loop must not time them out.
+  const subscriber = createRedisClient(connection, Math.max(timeoutMs, SUBSCRIBER_TIMEOUT_MS), logger);
   accessControl.listen(subscriber);
   return { redis, pipe, subscriber, local, accessControl };
 }

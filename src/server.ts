@@ -13,6 +13,9 @@ import { MIN_TLS_VERSION, type TlsMaterial } from './tls.js';
 /** Streams one HTTP/2 connection may have open: one client cannot take the circuit breaker's whole budget. */
 const H2_MAX_STREAMS = 128;
 
+/** How often the headers and request deadlines of open connections are checked. */
+const CONNECTIONS_CHECK_MS = 500;
+
 export interface ServerOptions {
   /** Null: plain HTTP (TLS ends at a proxy in front, or a development setup). */
   readonly tls: TlsMaterial | null;
@@ -62,7 +65,9 @@ export function createGatewayServer(
   upgrade?: (req: IncomingMessage, socket: Duplex, head: Buffer) => void,
 ): GatewayServer {
   // A missing Host gets the gateway's own 400 (pipeline/framing.ts), not Node's bare one.
-  const common = { maxHeaderSize: options.maxHeaderBytes, requireHostHeader: false };
+  // Node checks the headers and request deadlines only this often (30 s by default): a slowloris
+  // client would hold its connection up to 30 s past CLIENT_HEADERS_TIMEOUT_MS.
+  const common = { maxHeaderSize: options.maxHeaderBytes, requireHostHeader: false, connectionsCheckingInterval: CONNECTIONS_CHECK_MS };
   const sessions = new Set<Http2Session>();
   let server: Server;
   let tlsServer: TlsServer | null = null;

@@ -17,7 +17,7 @@ export interface HealthReport {
    * The shared store's connection: how Redis is deployed, what the gateway is doing with it (a
    * failover under way, say) and how many primaries serve it. No addresses: those are in `checks`.
    */
-  redis?: { mode: string; state: string; primaries: number };
+  redis?: { mode: string; state: string; primaries: number; announcements: string };
   /** Each upstream service: instances in rotation out of all. */
   services: Record<string, { status: Status; healthy: number; total: number }>;
   checks: Record<string, { status: Status; detail: string }>;
@@ -37,6 +37,8 @@ export interface HealthDeps {
   redisPing: (() => Promise<unknown>) | null;
   /** What the request path's Redis connection is doing (which server or primaries, a failover under way); null without Redis. */
   redisState: () => RedisState | null;
+  /** Whether the replica hears the other replicas' revocations (`subscribed`, `not subscribed`); null without Redis. */
+  announcements: () => string | null;
   /** True while the stores work from per-process fallbacks because Redis failed a command. */
   sharedStoreDegraded: () => boolean;
   /** Tries the shared store once, so that an idle gateway also leaves its fallback. */
@@ -146,7 +148,7 @@ export class HealthMonitor {
       services[name] = { status: healthy === 0 ? 'unhealthy' : healthy === total ? 'healthy' : 'degraded', healthy, total };
     }
     const redisState = this.deps.redisState();
-    const redis = redisState === null ? undefined : { mode: redisState.mode, state: redisState.state, primaries: redisState.primaries };
+    const redis = redisState === null ? undefined : { mode: redisState.mode, state: redisState.state, primaries: redisState.primaries, announcements: this.deps.announcements() ?? 'none' };
     const auditState = this.deps.audit();
     const audit: HealthReport['audit'] =
       auditState === null

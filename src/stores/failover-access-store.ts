@@ -12,6 +12,8 @@ export const UNAVAILABLE = null;
 const RESYNC_ATTEMPTS = 20;
 /** How often the store's epoch is read: a Redis that lost its data is given back its revocations within this. */
 const EPOCH_CHECK_MS = 2_000;
+/** A refused subscription to the revocation announcements is tried again after this long. */
+const SUBSCRIBE_RETRY_MS = 1_000;
 /** Reading the epoch and writing revocations back are not on any request's path. */
 const EPOCH_TIMEOUT_MS = 5_000;
 const RESYNC_PAUSE_MS = 500;
@@ -26,20 +28,35 @@ class StoreTimeout extends Error {}
  */
 function within<T>(work: Promise<T>, ms: number): Promise<T> {
   return new Promise<T>((resolve, reject) => {
+    let settled = false;
     // The error is built only when the time is up: capturing a stack on every call cost 7% of
     // the deployed pipeline's CPU (BENCHMARKS.md).
-    const timer = setTimeout(() => reject(new StoreTimeout(`no answer within ${ms} ms`)), ms);
+    const timer = setTimeout(lateOrLost, ms, () => {
+      if (!settled) reject(new StoreTimeout(`no answer within ${ms} ms`));
+    });
     work.then(
       (value) => {
+        settled = true;
         clearTimeout(timer);
         resolve(value);
       },
       (err: unknown) => {
+        settled = true;
         clearTimeout(timer);
         reject(err);
       },
     );
   });
+}
+
+/**
+ * A timer that fires late because the event loop was busy (a burst of work, a long collection)
+ * runs before the sockets are read in that turn: the reply may be waiting in the socket already.
+ * The verdict waits for the I/O phase of this turn (setImmediate runs right after it), so that a
+ * reply that arrived in time is taken as an answer, not counted as a timeout and a Redis outage.
+ */
+function lateOrLost(verdict: () => void): void {
+  setImmediate(verdict);
 }
 
 /**
@@ -60,6 +77,11 @@ export class AccessControl {
   private epochSeen: string | null = null;
   private checkingEpoch = false;
   private epochTimer: NodeJS.Timeout | null = null;
+  /** SUBSCRIBE succeeded once (ioredis renews it on every reconnect). */
+  private subscribed = false;
+  /** The subscription is in place on a live connection: announcements are heard. */
+  private hearing = false;
+  private subscribeRetry: NodeJS.Timeout | null = null;
   private readonly revocationListeners = new Set<(r: Revocation) => void>();
 
   constructor(
@@ -77,24 +99,47 @@ export class AccessControl {
       const r = parseRevocation(message);
       if (r !== null) this.applyRevocation(r);
     });
-    // Subscribed once connected (ioredis subscribes again by itself after a reconnect). The mirror
-    // is filled from the revocation keys themselves once the subscription is up: at the first
-    // connection (a replica started later knows what was revoked before it), and after every
-    // reconnect (announcements made while it was away are lost; nothing falls in between).
-    let connections = 0;
+    // Subscribed once connected (ioredis subscribes again by itself after a reconnect), and tried
+    // again until it is in place: a subscription refused once (a timeout during a stall) must not
+    // leave the replica deaf for good. The mirror is filled from the revocation keys themselves
+    // once the subscription is up: at the first connection (a replica started later knows what was
+    // revoked before it), and after every reconnect (announcements made while it was away are
+    // lost; nothing falls in between).
     subscriber.on('ready', () => {
-      const reconnected = ++connections > 1;
-      const subscribed = reconnected ? Promise.resolve() : subscriber.subscribe(REVOCATION_CHANNEL).then(() => undefined);
-      subscribed.then(
-        async () => {
-          await this.resync(reconnected ? 'revocation mirror resynced after a reconnect' : 'revocation mirror loaded');
-          await this.checkEpoch();
-        },
-        (err: unknown) => this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements'),
-      );
+      if (!this.subscribed) return void this.subscribe(subscriber, false);
+      this.hearing = true;
+      void this.resync('revocation mirror resynced after a reconnect').then(() => this.checkEpoch());
     });
+    subscriber.on('close', () => (this.hearing = false));
     this.epochTimer = setInterval(() => void this.checkEpoch(), EPOCH_CHECK_MS);
     this.epochTimer.unref();
+  }
+
+  /** For /health: whether this replica hears the other replicas' revocations; null without Redis. */
+  get announcements(): 'subscribed' | 'not subscribed' | null {
+    if (this.shared === null) return null;
+    return this.hearing ? 'subscribed' : 'not subscribed';
+  }
+
+  private subscribe(subscriber: Redis | Cluster, retrying: boolean): void {
+    if (this.subscribeRetry !== null) return;
+    subscriber.subscribe(REVOCATION_CHANNEL).then(
+      async () => {
+        this.subscribed = true;
+        this.hearing = true;
+        if (retrying) this.logger.info('subscribed to revocation announcements');
+        await this.resync('revocation mirror loaded');
+        await this.checkEpoch();
+      },
+      (err: unknown) => {
+        if (!retrying) this.logger.warn({ cause: (err as Error).message }, 'cannot subscribe to revocation announcements; trying again every second');
+        this.subscribeRetry = setTimeout(() => {
+          this.subscribeRetry = null;
+          if (subscriber.status === 'ready') this.subscribe(subscriber, true);
+        }, SUBSCRIBE_RETRY_MS);
+        this.subscribeRetry.unref();
+      },
+    );
   }
 
   /**
@@ -124,6 +169,7 @@ export class AccessControl {
 
   close(): void {
     if (this.epochTimer !== null) clearInterval(this.epochTimer);
+    if (this.subscribeRetry !== null) clearTimeout(this.subscribeRetry);
   }
 
   /** Applies every revocation in force to the mirror (after the subscriber missed some). */

@@ -346,10 +346,19 @@ export class RespPipe {
   }
 
   private checkStuck(): void {
+    if (!this.stuck()) return;
+    // Once this turn's sockets are read: a check run late by a busy event loop may find the reply
+    // already waiting in the socket.
+    setImmediate(() => {
+      if (!this.stuck()) return;
+      this.options.onProblem?.(`no reply from redis for ${this.stuckAfterMs} ms; connecting again`);
+      this.socket?.destroy();
+    });
+  }
+
+  private stuck(): boolean {
     const oldest = this.queue[this.head];
-    if (oldest === undefined || performance.now() - oldest.sentAt <= this.stuckAfterMs) return;
-    this.options.onProblem?.(`no reply from redis for ${this.stuckAfterMs} ms; connecting again`);
-    this.socket?.destroy();
+    return oldest !== undefined && performance.now() - oldest.sentAt > this.stuckAfterMs;
   }
 
   private lost(socket: Socket): void {

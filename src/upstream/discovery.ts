@@ -53,18 +53,18 @@ export class DnsDiscovery {
       this.fail(`${host} resolved to no address`);
       return;
     }
-    if (this.failing) this.logger.info({ service: this.service.name, host }, 'service discovery resolves again');
+    if (this.failing) this.logger.info({ upstream_service: this.service.name, host }, 'service discovery resolves again');
     this.failing = false;
     const origins = [...new Set(addresses)].sort().map((a) => ({ origin: `${scheme}://${isIPv6(a) ? `[${a}]` : a}:${port}`, weight: 1 }));
     const { added, removed } = this.service.setInstances(origins);
     if (added.length > 0 || removed.length > 0) {
-      this.logger.info({ service: this.service.name, host, added, removed, instances: origins.length }, 'service instances changed');
+      this.logger.info({ upstream_service: this.service.name, host, added, removed, instances: origins.length }, 'service instances changed');
     }
   }
 
   private fail(detail: string): void {
     // One line when resolution starts failing, not one per round.
-    if (!this.failing) this.logger.warn({ service: this.service.name, detail, instances: this.service.instances.length }, 'service discovery failed; keeping the last known instances');
+    if (!this.failing) this.logger.warn({ upstream_service: this.service.name, detail, instances: this.service.instances.length }, 'service discovery failed; keeping the last known instances');
     this.failing = true;
   }
 

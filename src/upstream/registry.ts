@@ -119,7 +119,7 @@ export class UpstreamRegistry {
     managed.discovery?.stop();
     // Requests already on their way to it finish first; the pools close after them.
     void managed.service.close();
-    this.logger.info({ service: name }, 'service removed from the config');
+    this.logger.info({ upstream_service: name }, 'service removed from the config');
   }
 }
 

@@ -139,7 +139,7 @@ export class UpstreamService {
     inst.ejectedUntil = now + ms;
     inst.consecutiveFailures = 0;
     inst.ejectedAt = now;
-    this.logger.warn({ service: this.name, instance: inst.origin, failures: policy.consecutiveFailures, last_failure: kind, ejected_ms: ms }, 'upstream instance ejected');
+    this.logger.warn({ upstream_service: this.name, instance: inst.origin, failures: policy.consecutiveFailures, last_failure: kind, ejected_ms: ms }, 'upstream instance ejected');
   }
 
   /**
@@ -154,7 +154,7 @@ export class UpstreamService {
     if (passed && inst.ejectedUntil > now && startedAt >= inst.ejectedAt) {
       inst.ejectedUntil = 0;
       inst.consecutiveFailures = 0;
-      this.logger.info({ service: this.name, instance: inst.origin }, 'upstream instance passes its health check again; ejection ended');
+      this.logger.info({ upstream_service: this.name, instance: inst.origin }, 'upstream instance passes its health check again; ejection ended');
     }
     if (passed === inst.healthy) {
       inst.checkStreak = 0;
@@ -164,7 +164,7 @@ export class UpstreamService {
     inst.checkStreak = 0;
     inst.healthy = passed;
     if (passed) inst.consecutiveFailures = 0;
-    this.logger[passed ? 'info' : 'warn']({ service: this.name, instance: inst.origin, detail }, passed ? 'upstream instance healthy' : 'upstream instance unhealthy');
+    this.logger[passed ? 'info' : 'warn']({ upstream_service: this.name, instance: inst.origin, detail }, passed ? 'upstream instance healthy' : 'upstream instance unhealthy');
   }
 
   /** Instances in rotation now, and in all. */

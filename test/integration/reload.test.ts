@@ -320,7 +320,7 @@ describe('connections and requests across a reload', () => {
         ],
       });
       assert.deepEqual(await gw.gateway.reload(), { ok: true, changed: true });
-      assert.ok(gw.logs.some((l) => l.message === 'service removed from the config' && l.service === 'old'));
+      assert.ok(gw.logs.some((l) => l.message === 'service removed from the config' && l.upstream_service === 'old'));
       expectProblem(await send(`${gw.url}/held/other`), 404, 'GW_ROUTE_NOT_FOUND');
       assert.equal((await send(`${gw.url}/b`)).statusCode, 200);
 

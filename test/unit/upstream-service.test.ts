@@ -310,6 +310,11 @@ describe('UpstreamService: outlier ejection', () => {
     const warns = capture.messages('WARN', 'upstream instance ejected');
     assert.equal(warns.length, 1);
     assert.equal(warns[0]!.instance, inst.origin);
+    // One service field per line, the gateway's: the upstream's is named apart, so that a JSON
+    // parser keeping the last of two keys does not attribute the line to the upstream.
+    assert.equal(warns[0]!.service, 'api-gateway');
+    assert.equal(warns[0]!.upstream_service, 'backend');
+    for (const line of capture.text) assert.equal(line.split('"service":').length, 2, `one service field in ${line}`);
     assert.equal(warns[0]!.ejected_ms, 1_000);
     // The ejected instance is not picked.
     for (let i = 0; i < 50; i++) assert.notEqual(svc.pick(undefined, 500, null), inst);

@@ -1,0 +1,145 @@
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import type { Redis } from 'ioredis';
+import { Pool } from 'undici';
+import { REVOCATION_CHANNEL } from '../../src/stores/access-store.js';
+import { routesFor } from '../helpers/gateway.js';
+import { send } from '../helpers/http.js';
+import { until, untilDatabase } from '../helpers/poll.js';
+import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
+import { inspectRedis, startRedis, type TestRedis } from '../helpers/redis.js';
+import { signToken } from '../helpers/tokens.js';
+import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
+
+/**
+ * A busy or stalled event loop is not a Redis outage, and a slow client is cut on time: the
+ * gateway's timers are checked on the loop they time, so each deadline here is judged only after
+ * the sockets of that turn were read.
+ */
+
+const PHI_ROUTES = (upstreamUrl: string) => routesFor(upstreamUrl, [{ name: 'chart', prefix: '/api/chart', phi: true }]);
+
+interface Health {
+  redis?: { announcements: string };
+  checks: Record<string, { status: string; detail: string }>;
+}
+
+describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () => {
+  let redis: TestRedis;
+  let upstream: TestUpstream;
+  let gw: GatewayProcess;
+
+  before(async () => {
+    redis = await startRedis();
+    upstream = await startUpstream();
+    gw = await spawnGateway(PHI_ROUTES(upstream.url), { REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: '100', HEALTH_CACHE_MS: '0', RATE_LIMIT_PER_MINUTE: '1000000', LOG_LEVEL: 'INFO' });
+    await untilDatabase(gw.url, 'healthy');
+  });
+  after(async () => {
+    await gw?.stop();
+    await upstream?.close();
+    await redis?.stop();
+  });
+
+  it('PHI requests in flight across five 400 ms stalls (the process frozen) all pass: replies that arrived during a stall are answers, not timeouts', async (t) => {
+    const token = await signToken({ sub: `stall-${process.pid}` });
+    const pool = new Pool(gw.url, { connections: 16 });
+    const statuses = new Map<number, number>();
+    let running = true;
+    const worker = async () => {
+      for (let i = 0; running; i++) {
+        const res = await pool.request({ path: `/api/chart/${i}`, method: 'GET', headers: { authorization: `Bearer ${token}` }, headersTimeout: 20_000, bodyTimeout: 20_000 });
+        await res.body.dump();
+        statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
+      }
+    };
+    const load = Promise.all(Array.from({ length: 16 }, worker));
+    try {
+      for (let stall = 0; stall < 5; stall++) {
+        // Traffic flows (requests are waiting on Redis at any moment), then the loop stops.
+        const before = [...statuses.values()].reduce((a, b) => a + b, 0);
+        await until('traffic between stalls', 10_000, async () => ([...statuses.values()].reduce((a, b) => a + b, 0) >= before + 50 ? true : undefined), 5);
+        process.kill(gw.pid, 'SIGSTOP');
+        await new Promise((r) => setTimeout(r, 400));
+        process.kill(gw.pid, 'SIGCONT');
+      }
+    } finally {
+      running = false;
+      await load;
+      await pool.close();
+    }
+    t.diagnostic(`answers: ${JSON.stringify(Object.fromEntries(statuses))}`);
+    assert.deepEqual([...statuses.keys()], [200], 'every PHI request passed');
+    assert.ok(!gw.stdout().includes('redis unreachable'), 'no Redis outage was reported');
+  });
+});
+
+describe('the revocation subscription', { timeout: 60_000 }, () => {
+  let redis: TestRedis;
+  let keys: Redis;
+  let upstream: TestUpstream;
+  let gw: GatewayProcess;
+
+  before(async () => {
+    redis = await startRedis();
+    keys = inspectRedis(redis);
+    // Pub/sub refused to the gateway's user: its SUBSCRIBE fails as one timed out would.
+    await keys.call('ACL', 'SETUSER', 'default', 'resetchannels');
+    upstream = await startUpstream();
+    gw = await spawnGateway(PHI_ROUTES(upstream.url), { REDIS_URL: redis.url, HEALTH_CACHE_MS: '0', LOG_LEVEL: 'INFO' });
+  });
+  after(async () => {
+    keys?.disconnect();
+    await gw?.stop();
+    await upstream?.close();
+    await redis?.stop();
+  });
+
+  it('refused at start, it is tried again until in place, and /health says when it is not', async () => {
+    const health = async () => JSON.parse((await send(`${gw.url}/health`)).text) as Health;
+    await until('/health to say the announcements are not heard', 10_000, async () => ((await health()).redis?.announcements === 'not subscribed' ? true : undefined), 100);
+    await until('the refusal in the log', 5_000, async () => (/cannot subscribe to revocation announcements; trying again/.test(gw.stdout()) ? true : undefined), 50);
+    await keys.call('ACL', 'SETUSER', 'default', 'allchannels');
+    await until('the gateway to subscribe', 10_000, async () => (Number(((await keys.pubsub('NUMSUB', REVOCATION_CHANNEL)) as [string, number])[1]) === 1 ? true : undefined), 100);
+    await until('/health to say subscribed', 5_000, async () => ((await health()).redis?.announcements === 'subscribed' ? true : undefined), 100);
+    await until('the subscription in the log', 5_000, async () => (/"message":"subscribed to revocation announcements"/.test(gw.stdout()) ? true : undefined), 50);
+  });
+});
+
+describe('a slowloris client', { timeout: 60_000 }, () => {
+  let upstream: TestUpstream;
+  let gw: GatewayProcess;
+  const HEADERS_TIMEOUT_MS = 1_500;
+
+  before(async () => {
+    upstream = await startUpstream();
+    gw = await spawnGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/api/open', auth: 'public' }]), { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS) });
+  });
+  after(async () => {
+    await gw?.stop();
+    await upstream?.close();
+  });
+
+  it(`sending its headers a byte at a time is cut within CLIENT_HEADERS_TIMEOUT_MS plus a second (not up to 30 s later)`, async (t) => {
+    const socket = connect(gw.port, '127.0.0.1');
+    await new Promise((r) => socket.once('connect', r));
+    const started = performance.now();
+    socket.write('GET /api/open/x HTTP/1.1\r\nHost: gateway\r\n');
+    let answer = '';
+    socket.on('data', (d: Buffer) => (answer += d.toString()));
+    const drip = setInterval(() => socket.writable && socket.write('X'), 200);
+    const cutAfterMs = await new Promise<number>((resolve) => {
+      socket.once('close', () => resolve(performance.now() - started));
+      // Bounded: a gateway that never cuts fails this test instead of hanging it.
+      setTimeout(() => socket.destroy(), 15_000).unref();
+    });
+    clearInterval(drip);
+    t.diagnostic(`cut after ${Math.round(cutAfterMs)} ms: ${answer.split('\r\n')[0]}`);
+    assert.ok(cutAfterMs >= HEADERS_TIMEOUT_MS - 50, `cut after ${cutAfterMs} ms, before the timeout`);
+    // Within the configured time plus the one-second bound, and a margin for a busy machine.
+    assert.ok(cutAfterMs < HEADERS_TIMEOUT_MS + 1_000 + 1_500, `cut after ${Math.round(cutAfterMs)} ms`);
+    assert.match(answer, /^HTTP\/1\.1 408 /);
+    assert.equal(upstream.received.length, 0);
+  });
+});
