@@ -51,6 +51,8 @@ export interface SocketClose {
 }
 
 const EVENTS_PATH = '/api/v1/audit/events';
+/** Events that could not be kept are logged at most this often (with the count since the last line). */
+const DROP_LOG_MS = 10_000;
 const BATCH = 500;
 const IDLE_WAIT_MS = 1_000;
 /**
@@ -93,6 +95,10 @@ export class AuditTrail {
   failures = 0;
   /** True while the last delivery attempt failed. */
   failing = false;
+  /** Refused attempts on PHI routes whose event could not be kept even in the spool's reserve for them. */
+  phiRefusalsUnrecorded = 0;
+  private lastDropLog = 0;
+  private droppedLogged = 0;
   /** Access records found without their completion at start (a crash in between), completed as incomplete. */
   incompleteAtStart = 0;
   /** How long answers of write-ahead routes waited for their access record to be durable. */
@@ -194,7 +200,12 @@ export class AuditTrail {
       `,"duration_ms":${Math.round(durationMs * 1000) / 1000},"bytes_out":${ex.bytesOut},"upstream":${ex.upstreamOrigin === null ? 'null' : JSON.stringify(ex.upstreamOrigin)},"retries":${ex.retries}` +
       `${access === null ? '' : `,"access_event_id":"${access.eventId}"`},"service":"api-gateway"}`;
     // A PHI request was let through only while the spool had room: its event may use the headroom.
-    if (!this.spool.append(line, ex.auditAdmitted || access !== null)) this.droppedOne();
+    const admitted = ex.auditAdmitted || access !== null;
+    const phiRefusal = !admitted && ex.route!.phi && status >= 400;
+    if (!this.spool.append(line, admitted ? 'admitted' : phiRefusal ? 'refusal' : 'normal')) {
+      if (phiRefusal) this.phiRefusalsUnrecorded++;
+      this.droppedOne();
+    }
   }
 
   /** The fields every event of an exchange shares after its ids: who, what, from where. */
@@ -208,9 +219,20 @@ export class AuditTrail {
     );
   }
 
+  /**
+   * One line per burst of events that could not be kept: at the first, then at most every
+   * DROP_LOG_MS with how many since the last line (and the counters for the whole story).
+   */
   private droppedOne(): void {
     this.dropped++;
-    if (this.dropped === 1 || this.dropped % 1000 === 0) this.logger.error({ dropped: this.dropped, problem: this.problem }, 'audit event not recorded');
+    const now = performance.now();
+    if (this.lastDropLog !== 0 && now - this.lastDropLog < DROP_LOG_MS) return;
+    this.lastDropLog = now;
+    this.logger.error(
+      { dropped_since_last_line: this.dropped - this.droppedLogged, dropped: this.dropped, phi_refusals_unrecorded: this.phiRefusalsUnrecorded, problem: this.problem },
+      'audit events not recorded',
+    );
+    this.droppedLogged = this.dropped;
   }
 
   /**
@@ -234,7 +256,7 @@ export class AuditTrail {
       const access = JSON.parse(line) as Record<string, unknown>;
       const { event_id: _id, timestamp: _at, type: _type, service: _service, ...rest } = access;
       const completion = { event_id: randomUUID(), timestamp: isoTimestamp(), type: 'api_request', ...rest, status: null, incomplete: true, access_event_id: accessId, service: 'api-gateway' };
-      if (!this.spool.append(JSON.stringify(completion), true)) this.droppedOne();
+      if (!this.spool.append(JSON.stringify(completion), 'admitted')) this.droppedOne();
       else this.incompleteAtStart++;
     }
     if (open.size > 0) {
@@ -258,7 +280,7 @@ export class AuditTrail {
     const line =
       `{"event_id":"${randomUUID()}","timestamp":"${isoTimestamp()}","type":"websocket_${phase}","request_id":"${ex.id}"${this.whoAndWhat(ex, 'GET')},"status":101${detail}` +
       `${access === null ? '' : `,"access_event_id":"${access.eventId}"`},"service":"api-gateway"}`;
-    if (!this.spool.append(line, ex.auditAdmitted)) this.droppedOne();
+    if (!this.spool.append(line, ex.auditAdmitted ? 'admitted' : 'normal')) this.droppedOne();
   }
 
   /** Stops delivering after writing out what is accepted; what is undelivered stays for the next run. */

@@ -34,6 +34,9 @@ const OPEN_HERE = new Set<string>();
 
 export class SpoolInUse extends Error {}
 
+/** How far past its bound the spool takes a record (Spool.append). */
+export type Room = 'normal' | 'refusal' | 'admitted';
+
 const segmentName = (n: number) => `segment-${String(n).padStart(12, '0')}.jsonl`;
 
 export interface SpoolBatch {
@@ -146,13 +149,15 @@ export class Spool {
   }
 
   /**
-   * Queues one record (one line of JSON, no newline). False when the spool is full. A record of
-   * work already admitted while the spool had room (`admitted`) may use the headroom above the
-   * bound: a request that was let in is never left unrecorded because others filled the spool
-   * meanwhile.
+   * Queues one record (one line of JSON, no newline). False when the spool is full. `room` says
+   * how far past the bound the record may go: a record of work already admitted while the spool
+   * had room (`admitted`) may use all of the headroom above it, so that a request that was let in
+   * is never left unrecorded because others filled the spool meanwhile; the refusal of a PHI
+   * request (`refusal`) a quarter of it, so that attempts on PHI refused because the spool is full
+   * still leave a record.
    */
-  append(line: string, admitted = false): boolean {
-    if (!this.take(line, admitted)) return false;
+  append(line: string, room: Room = 'normal'): boolean {
+    if (!this.take(line, room)) return false;
     if (this.pendingBytes >= COMMIT_BYTES) this.commitNow();
     else this.commitSoon(COMMIT_MS);
     return true;
@@ -164,7 +169,7 @@ export class Spool {
    * commit). Returns the record's number for `isDurable` and `whenDurable`, or 0 when refused.
    */
   appendNow(line: string): number {
-    if (!this.take(line, false)) return 0;
+    if (!this.take(line, 'normal')) return 0;
     this.commitNow();
     return this.appended;
   }
@@ -184,9 +189,10 @@ export class Spool {
     else this.durableWaiters.push({ seq, done });
   }
 
-  private take(line: string, admitted: boolean): boolean {
+  private take(line: string, room: Room): boolean {
     if (this.closed || this.writeError !== null) return false;
-    if (this.backlogBytes >= (admitted ? this.maxBytes + headroom(this.maxBytes) : this.maxBytes)) return false;
+    const above = room === 'normal' ? 0 : room === 'admitted' ? headroom(this.maxBytes) : Math.floor(headroom(this.maxBytes) / 4);
+    if (this.backlogBytes >= this.maxBytes + above) return false;
     const bytes = Buffer.byteLength(line) + 1;
     this.pending.push(line);
     this.pendingBytes += bytes;

@@ -275,6 +275,7 @@ export class Metrics {
     one('api_gateway_audit_events_rejected_total', 'Audit events the audit service refused as invalid, kept aside in the spool folder', 'counter', () => audit.rejected);
     one('api_gateway_audit_delivery_failures_total', 'Failed deliveries to the audit service (retried)', 'counter', () => audit.failures);
     one('api_gateway_audit_spool_bytes', 'Bytes of audit events waiting in the spool', 'gauge', () => audit.backlogBytes);
+    one('api_gateway_audit_phi_refusals_unrecorded_total', 'Refused attempts on PHI routes whose audit event could not be kept (spool full past its reserve for them)', 'counter', () => audit.phiRefusalsUnrecorded);
     one('api_gateway_audit_incomplete_total', 'Access records found at start without their completion (the gateway stopped mid-exchange), completed as incomplete', 'counter', () => audit.incompleteAtStart);
     const wait = 'api_gateway_audit_durability_wait_seconds';
     this.registry.registerMetric(

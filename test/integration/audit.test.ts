@@ -513,12 +513,40 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       }
       assert.ok(metric(await metrics(gw.url), 'api_gateway_audit_spool_bytes') >= 1024 * 1024);
 
-      const refused = await get(gw.url, '/api/records/rec-1', { token });
+      const refused = await get(gw.url, '/api/records/rec-1', { token, headers: { 'x-request-id': 'refused-while-full' } });
       audited++;
       const problem = expectProblem(refused, 503, 'GW_AUDIT_UNAVAILABLE');
       assert.equal(refused.headers['retry-after'], '30');
       assert.ok(problem.detail.length > 0);
       assert.equal(phiUpstream.received.length, 0, 'the PHI upstream must not see a request that cannot be audited');
+      assert.equal(metric(await metrics(gw.url), 'api_gateway_audit_phi_refusals_unrecorded_total'), 0, 'the refusal is kept in the reserve for refusals');
+
+      // A flood of PHI attempts past that reserve (a quarter of the 1 MiB headroom): counted, and
+      // logged once per burst rather than once per attempt.
+      const linesBefore = gw.logs.filter((l) => l.message === 'audit events not recorded').length;
+      const floodStart = performance.now();
+      const floodPool = new Pool(gw.url, { connections: 20 });
+      let refusedInFlood = 0;
+      try {
+        await until('refused PHI attempts past the reserve', 30_000, async () => {
+          await concurrently(200, 20, async (i) => {
+            const res = await floodPool.request({ path: `/api/records/rec-${i}`, method: 'GET', headers: { authorization: `Bearer ${token}` } });
+            await res.body.dump();
+            assert.equal(res.statusCode, 503);
+            audited++;
+            refusedInFlood++;
+          });
+          return metric(await metrics(gw.url), 'api_gateway_audit_phi_refusals_unrecorded_total') > 0 ? true : undefined;
+        }, 0);
+      } finally {
+        await floodPool.close();
+      }
+      const floodSeconds = (performance.now() - floodStart) / 1000;
+      const unrecorded = metric(await metrics(gw.url), 'api_gateway_audit_phi_refusals_unrecorded_total');
+      assert.ok(refusedInFlood - unrecorded >= 100, `the reserve kept hundreds of refusals (${refusedInFlood} refused, ${unrecorded} unrecorded)`);
+      const lines = gw.logs.filter((l) => l.message === 'audit events not recorded').slice(linesBefore);
+      assert.ok(lines.length <= 1 + Math.ceil(floodSeconds / 10), `${lines.length} log lines for a ${floodSeconds.toFixed(1)} s burst`);
+      assert.equal(phiUpstream.received.length, 0);
 
       const plain = await get(gw.url, '/api/notes', { token });
       audited++;
@@ -552,6 +580,9 @@ describe('the audit trail', { timeout: 90_000 }, () => {
       assert.ok(dropped > 0);
       const distinct = new Set(audit.events.map((e) => e.event_id)).size;
       assert.equal(distinct, audited - dropped, `${audited} events of audited requests, ${dropped} dropped, ${distinct} delivered`);
+      const [kept] = eventsOf(audit, 'refused-while-full');
+      assert.equal(kept?.status, 503, 'the PHI attempt refused with the spool full has its event');
+      assert.equal(kept?.phi, true);
     } finally {
       await gw.close();
       await phiUpstream.close();

@@ -199,6 +199,21 @@ describe('the audit spool', () => {
     await closeSpool(spool);
   });
 
+  it('past the bound, refusals of PHI attempts have a reserve (a quarter of the headroom) and admitted work all of it', async () => {
+    const dir = await folder();
+    // A small bound: the headroom above it is its floor, 1 MiB; refusals may use 256 KiB of it.
+    const spool = await openSpool(dir, 10_000);
+    let seq = 0;
+    while (spool.append(record(seq, 1000))) seq++;
+    assert.equal(spool.append(record(seq, 1000), 'normal'), false);
+    let refusals = 0;
+    while (spool.append(record(seq++, 1000), 'refusal')) refusals++;
+    assert.ok(refusals >= 200 && refusals <= 260, `${refusals} refusals kept`);
+    let admitted = 0;
+    while (spool.append(record(seq++, 1000), 'admitted')) admitted++;
+    assert.ok(admitted >= 700, `${admitted} admitted records kept past the reserve for refusals`);
+  });
+
   it('is bounded: append refuses once the backlog reaches maxBytes, and an ack makes room again', async () => {
     const dir = await folder();
     const maxBytes = 10_000;
