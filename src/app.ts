@@ -28,6 +28,7 @@ import { forward } from './pipeline/forward.js';
 import { isOwnEndpoint, ownEndpoints } from './pipeline/own-endpoints.js';
 import { requestId } from './pipeline/request-id.js';
 import { revoke } from './pipeline/revoke.js';
+import { shed } from './pipeline/shed.js';
 import { routeMatch } from './pipeline/route-match.js';
 import { Runner } from './pipeline/run.js';
 import { transform } from './pipeline/transform.js';
@@ -62,7 +63,7 @@ export interface Gateway {
  * Every route's chain is built from these stages, in this order, when the config compiles; a
  * stage the route does not need leaves itself out (a route without roles has no authorize step).
  */
-export const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [authenticate, authorize, accessCheck, contentType, auditGate, authFlow, transform, websocket, forward, revoke];
+export const ROUTE_CHAIN: ReadonlyArray<RouteStage<ResolvedRoute, StageDeps>> = [shed, authenticate, authorize, accessCheck, contentType, auditGate, authFlow, transform, websocket, forward, revoke];
 
 /**
  * The composition root: wiring only. The request path is the lists below (docs/architecture.md
@@ -191,6 +192,8 @@ function stageDeps(config: GatewayConfig, r: Resources, upstreamCall: ReturnType
     metrics: r.metrics,
     upstreamCa: r.upstreamCa,
     clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    loopLag: r.loopLag,
+    shedDelayMs: env.LOAD_SHED_EVENT_LOOP_DELAY_MS,
   };
 }
 

@@ -8,6 +8,7 @@ import { SessionValidator } from './auth/sessions.js';
 import type { GatewayConfig } from './config/load.js';
 import { ConfigError } from './errors.js';
 import { HealthMonitor, resolveMemoryLimit, type RedisState } from './observability/health.js';
+import { LoopLag } from './observability/loop-lag.js';
 import type { Logger } from './observability/logger.js';
 import { Metrics } from './observability/metrics.js';
 import { Tracing, tracingConfigured } from './observability/tracing.js';
@@ -48,6 +49,8 @@ export interface Resources {
   readonly tracing: Tracing | null;
   readonly metrics: Metrics | null;
   readonly health: HealthMonitor;
+  /** The event loop's recent delay, for shedding at the door; null with LOAD_SHED_EVENT_LOOP_DELAY_MS=0. */
+  readonly loopLag: LoopLag | null;
   /** For /health and /debug/vars: each service's instances in rotation, and the audit trail's state. */
   readonly serviceCounts: () => Array<{ name: string; healthy: number; total: number }>;
   readonly auditState: () => { problem: string | null; failing: boolean; backlogBytes: number } | null;
@@ -78,6 +81,7 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
   // The dependency gauges (and their alert) stay current even when nothing probes /health.
   const healthRefresh = metrics === null ? null : setInterval(() => void health.report().catch(() => undefined), HEALTH_REFRESH_MS);
   healthRefresh?.unref();
+  const loopLag = env.LOAD_SHED_EVENT_LOOP_DELAY_MS === 0 ? null : new LoopLag();
   return {
     tls,
     upstreamCa,
@@ -89,12 +93,14 @@ export async function openResources(config: GatewayConfig, logger: Logger, isShu
     tracing,
     metrics,
     health,
+    loopLag,
     serviceCounts,
     auditState,
     redisState: () => pipe?.state() ?? null,
     memoryLimitBytes,
     async close() {
       if (healthRefresh !== null) clearInterval(healthRefresh);
+      loopLag?.close();
       await Promise.all([pools.close(), upstreams.close(), audit?.close(AUDIT_DRAIN_MS), tracing?.shutdown()]);
       health.stop();
       accessControl.close();

@@ -87,6 +87,8 @@ export async function explain(config: GatewayConfig, input: ExplainInput): Promi
     metrics: null,
     upstreamCa: undefined,
     clockSkewSeconds: env.JWT_CLOCK_SKEW_SECONDS,
+    loopLag: null,
+    shedDelayMs: 0,
   };
   const { table, close } = await compiled(config, (route, scope) =>
     ROUTE_CHAIN.flatMap((s): Stage[] => {

@@ -172,6 +172,7 @@ export const envSchema = z
     LOG_SLOW_REQUEST_MS: int(1, 600_000, 'milliseconds above which a request is logged at WARN').default(500),
     HEALTH_CACHE_MS: int(0, 60_000, 'milliseconds a health result is reused').default(2_000),
     HEALTH_EVENT_LOOP_THRESHOLD_MS: int(1, 60_000, 'event-loop delay p99 above which the gateway reports degraded').default(100),
+    LOAD_SHED_EVENT_LOOP_DELAY_MS: int(0, 60_000, 'event-loop delay above which requests to services holding a quarter of their maxConcurrentRequests are refused at the door; 0 = off').default(100),
     MEMORY_LIMIT_MB: int(0, 1_048_576, 'MiB; 0 = the container limit, else the V8 heap limit').default(0),
   })
   .superRefine((env, ctx) => {

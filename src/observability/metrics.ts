@@ -245,6 +245,19 @@ export class Metrics {
     perService('api_gateway_upstream_retries_total', 'Retries of idempotent requests on another instance', 'counter', (s) => s.retries);
     perService('api_gateway_upstream_retries_refused_total', 'Retries the retry budget refused', 'counter', (s) => s.retriesRefused);
     perService('api_gateway_upstream_overflow_total', 'Requests refused with 503 by the circuit breaker', 'counter', (s) => s.overflows);
+    this.registry.registerMetric(
+      scraped(
+        'api_gateway_requests_shed_total',
+        'Requests refused with 503 at the door, before authentication: the service full (reason="full"), or the event loop late while the service held a quarter of its limit (reason="event_loop_delay")',
+        'counter',
+        'sum',
+        () =>
+          this.upstreams().flatMap((svc) => [
+            { labels: { service: svc.name, reason: 'full' }, value: svc.shedFull },
+            { labels: { service: svc.name, reason: 'event_loop_delay' }, value: svc.shedLagging },
+          ]),
+      ) as never,
+    );
     perService('api_gateway_upstream_unavailable_total', 'Requests refused with 502 because no instance was healthy', 'counter', (s) => s.unavailable);
     perService('api_gateway_upstream_active_requests', 'Upstream requests in flight or queued', 'gauge', (s) => s.active);
     perInstance('api_gateway_upstream_requests_total', 'Tries sent to each upstream instance', 'counter', 'sum', (i) => i.requests);

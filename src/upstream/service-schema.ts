@@ -79,7 +79,13 @@ export const serviceSchema = z
     outlierDetection: z.union([z.literal(false), outlierSchema]).default(() => outlierSchema.parse({})),
     retry: z.union([z.literal(false), retrySchema]).default(() => retrySchema.parse({})),
     /** The circuit breaker: upstream requests in flight or queued, across the instances; past it, 503 at once. */
-    maxConcurrentRequests: z.number().int().min(1).max(1_000_000).default(1024),
+    maxConcurrentRequests: z.number().int().min(1).max(1_000_000).default(256),
+    /**
+     * The door's limit adapts: each request that misses its deadline lowers it by a tenth (down
+     * to 8), each answer in time raises it by one (up to maxConcurrentRequests); `false` keeps it
+     * at maxConcurrentRequests.
+     */
+    adaptiveConcurrency: z.boolean().default(true),
   })
   .superRefine((svc, ctx) => {
     if ((svc.instances === undefined) === (svc.discovery === undefined)) {

@@ -7,6 +7,9 @@ import { Instance, type FailureKind } from './instance.js';
 import { RetryBudget } from './retry-budget.js';
 import type { ServiceConfig } from './service-schema.js';
 
+/** The least the adaptive concurrency limit goes down to. */
+const MIN_ADAPTIVE = 8;
+
 export interface InstanceSpec {
   origin: string;
   weight: number;
@@ -32,6 +35,14 @@ export class UpstreamService {
   /** Upstream requests in flight or queued, across the instances: the circuit breaker's count. */
   active = 0;
   maxActive = 0;
+  /**
+   * The requests in flight the door lets in now (pipeline/shed.ts): maxActive, lowered by a tenth
+   * for each request that misses its deadline (down to minActive) and raised by one for each
+   * answer in time, as TCP's window. A service that stops answering soon holds a handful of
+   * requests, not hundreds, and the storm of its clients is refused cheaply at the door.
+   */
+  allowed = 0;
+  minActive = 0;
   balancer: ServiceConfig['balancer'] = 'round-robin';
   /** `user`, a lower-case header name, or null. */
   hashOn: string | null = null;
@@ -45,6 +56,9 @@ export class UpstreamService {
   retries = 0;
   retriesRefused = 0;
   overflows = 0;
+  /** Refused at the door (pipeline/shed.ts): the service full, or the loop late while it held many. */
+  shedFull = 0;
+  shedLagging = 0;
   unavailable = 0;
   private weighted = false;
   // One of each policy (balancers/), each with its own state; `balancer` says which one picks.
@@ -60,8 +74,20 @@ export class UpstreamService {
     private readonly ca?: Buffer,
   ) {}
 
+  /** A request missed its deadline (the route's, or a try's): the door lets in a tenth fewer. */
+  missedDeadline(): void {
+    this.allowed = Math.max(this.minActive, this.allowed * 0.9);
+  }
+
+  /** An answer's head came in time: the door lets in one more, up to maxConcurrentRequests. */
+  answeredInTime(): void {
+    if (this.allowed < this.maxActive) this.allowed = Math.min(this.maxActive, this.allowed + 1);
+  }
+
   configure(config: ServiceConfig): void {
     this.maxActive = config.maxConcurrentRequests;
+    this.minActive = config.adaptiveConcurrency ? Math.min(this.maxActive, MIN_ADAPTIVE) : this.maxActive;
+    this.allowed = this.maxActive;
     this.balancer = config.balancer;
     this.hashOn = config.hashOn === undefined ? null : config.hashOn === 'user' ? 'user' : config.hashOn.header.toLowerCase();
     this.healthPath = config.healthPath;

@@ -20,7 +20,7 @@ const env = parsed.env;
 const log = createLoggers('ERROR').log;
 
 /** Only what the factories read while building; nothing here is called before a request. */
-const deps = { logger: log, audit: { accepting: true }, authFlow: { maxTokenLifetimeSeconds: 7200, clockSkewSeconds: 30 }, tls: false, tracing: null, upstreamCall: () => undefined } as unknown as StageDeps;
+const deps = { logger: log, audit: { accepting: true }, authFlow: { maxTokenLifetimeSeconds: 7200, clockSkewSeconds: 30 }, tls: false, tracing: null, upstreamCall: () => undefined, loopLag: null, shedDelayMs: 100 } as unknown as StageDeps;
 
 function compile(yaml: string): CompiledConfig {
   const file = parseRoutesFile(yaml, { AUTH_SERVICE_URL: 'http://127.0.0.1:9', CHAT_HISTORY_URL: 'http://127.0.0.1:9' });
@@ -34,10 +34,10 @@ describe('route chains', () => {
   const shipped = compile(readFileSync(new URL('../../config/routes.yaml', import.meta.url), 'utf8'));
 
   it('the shipped routes: each chain holds what its route configures, in the path order, and ends with the stage that answers', () => {
-    assert.deepEqual(chainOf(shipped, 'auth-login'), ['access_check', 'auth-flow', 'transform', 'forward']);
-    assert.deepEqual(chainOf(shipped, 'auth-logout'), ['authenticate', 'access_check', 'auth-flow', 'transform', 'forward']);
-    assert.deepEqual(chainOf(shipped, 'chat-history'), ['authenticate', 'authorize', 'access_check', 'audit-gate', 'transform', 'forward']);
-    assert.deepEqual(chainOf(shipped, 'gateway-revocations'), ['authenticate', 'authorize', 'access_check', 'revoke']);
+    assert.deepEqual(chainOf(shipped, 'auth-login'), ['shed', 'access_check', 'auth-flow', 'transform', 'forward']);
+    assert.deepEqual(chainOf(shipped, 'auth-logout'), ['shed', 'authenticate', 'access_check', 'auth-flow', 'transform', 'forward']);
+    assert.deepEqual(chainOf(shipped, 'chat-history'), ['shed', 'authenticate', 'authorize', 'access_check', 'audit-gate', 'transform', 'forward']);
+    assert.deepEqual(chainOf(shipped, 'gateway-revocations'), ['authenticate', 'authorize', 'access_check', 'revoke'], 'answered by the gateway: no shed');
     for (const route of shipped.routes) assert.ok(['forward', 'revoke'].includes(route.chain.at(-1)!.name), route.name);
   });
 
@@ -49,8 +49,8 @@ routes:
   - { name: records-read, path: /records, methods: [GET], service: backend }
   - { name: open, prefix: /open, service: backend, auth: public }
 `);
-    assert.deepEqual(chainOf(config, 'records-write'), ['authenticate', 'authorize', 'access_check', 'content-type', 'transform', 'forward']);
-    assert.deepEqual(chainOf(config, 'records-read'), ['authenticate', 'access_check', 'transform', 'forward'], 'no roles: no authorize; no accepts: no content-type');
-    assert.deepEqual(chainOf(config, 'open'), ['access_check', 'transform', 'forward'], 'a public route: no authenticate');
+    assert.deepEqual(chainOf(config, 'records-write'), ['shed', 'authenticate', 'authorize', 'access_check', 'content-type', 'transform', 'forward']);
+    assert.deepEqual(chainOf(config, 'records-read'), ['shed', 'authenticate', 'access_check', 'transform', 'forward'], 'no roles: no authorize; no accepts: no content-type');
+    assert.deepEqual(chainOf(config, 'open'), ['shed', 'access_check', 'transform', 'forward'], 'a public route: no authenticate');
   });
 });

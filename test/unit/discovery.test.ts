@@ -123,7 +123,7 @@ describe('DnsDiscovery', () => {
     assert.equal(warns.length, 1, 'one line for the spell, not one per round');
     assert.match(String(warns[0]!.detail), /ENOTFOUND/);
     assert.equal(warns[0]!.instances, 2);
-    assert.equal(warns[0]!.service, 'chat-history');
+    assert.equal(warns[0]!.upstream_service, 'chat-history');
 
     resolver.answer = ['10.1.0.6'];
     await dns.refresh();

@@ -29,6 +29,11 @@ function service(config: Record<string, unknown>): UpstreamService {
   return svc;
 }
 
+/** Waits, a turn of the loop at a time, until `done` holds. */
+async function until(done: () => boolean): Promise<void> {
+  while (!done()) await new Promise((resolve) => setImmediate(resolve));
+}
+
 const origins = (n: number) => Array.from({ length: n }, (_, i) => `http://10.0.0.${i + 1}:9000`);
 
 function call(svc: UpstreamService, opts: { replayable?: boolean; timeoutMs?: number; startedAt?: number; client?: { destroyed: boolean } } = {}): UpstreamCall {
@@ -350,7 +355,7 @@ describe('upstream layers: outlier', () => {
 });
 
 describe('upstream layers: deadline', () => {
-  beforeEach(() => mock.timers.enable({ apis: ['setTimeout'] }));
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'setImmediate'] }));
   afterEach(() => mock.timers.reset());
 
   it("a try without a response head by the route's deadline is aborted with a response timeout", () => {
@@ -396,6 +401,50 @@ describe('upstream layers: deadline', () => {
     assert.equal(s.tries[0]!.failures.timeout, 1);
     mock.timers.tick(51);
     assert.ok(r.error instanceof TryTimeout);
+  });
+});
+
+describe('upstream layers: deadline, many at once', () => {
+  it('deadlines that pass together expire a slice per turn of the loop, and other work runs between slices', async () => {
+    const svc = service({ instances: origins(1), maxConcurrentRequests: 100_000 });
+    const results = Array.from({ length: 20_000 }, () => {
+      const s = scripted(['hang']);
+      return run([balance, deadline], s, call(svc, { timeoutMs: 1 }));
+    });
+    const expiredBy = (): number => results.filter((r) => r.error instanceof ResponseTimeout).length;
+    // Another request's I/O, due at the same moment: it runs before the last deadline is expired.
+    let expiredWhenOtherWorkRan = -1;
+    await new Promise<void>((resolve) => setTimeout(resolve, 5));
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        expiredWhenOtherWorkRan = expiredBy();
+        resolve();
+      }),
+    );
+    await until(() => expiredBy() === 20_000);
+    assert.ok(expiredWhenOtherWorkRan < 20_000, `other work ran after ${expiredWhenOtherWorkRan} of 20,000 expiries`);
+  });
+
+  it("each missed deadline lowers the service's adaptive limit by a tenth, down to 8; each answer in time raises it by one", () => {
+    mock.timers.enable({ apis: ['setTimeout', 'setImmediate'] });
+    try {
+      const svc = service({ instances: origins(1), maxConcurrentRequests: 100 });
+      assert.equal(svc.allowed, 100);
+      for (let i = 0; i < 3; i++) run([balance, deadline], scripted(['hang']), call(svc, { timeoutMs: 10 }));
+      mock.timers.tick(11);
+      assert.equal(Math.round(svc.allowed * 10) / 10, 72.9);
+      for (let i = 0; i < 60; i++) run([balance, deadline], scripted(['hang']), call(svc, { timeoutMs: 10 }));
+      mock.timers.tick(11);
+      assert.equal(svc.allowed, 8, 'not below 8');
+      for (let i = 0; i < 5; i++) run([balance, deadline], scripted([{ status: 200 }]), call(svc, { timeoutMs: 10 }));
+      assert.equal(svc.allowed, 13);
+      const fixed = service({ instances: origins(1), maxConcurrentRequests: 100, adaptiveConcurrency: false });
+      run([balance, deadline], scripted(['hang']), call(fixed, { timeoutMs: 10 }));
+      mock.timers.tick(11);
+      assert.equal(fixed.allowed, 100, 'adaptiveConcurrency: false keeps the limit');
+    } finally {
+      mock.timers.reset();
+    }
   });
 });
 

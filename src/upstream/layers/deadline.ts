@@ -4,8 +4,32 @@ import { ClientClosed, ResponseTimeout, TryTimeout } from '../failures.js';
 
 type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
 
+/**
+ * Deadlines that passed, expired a slice per turn of the event loop. Requests sent together time
+ * out together (a storm of clients on a slow service: hundreds in the same millisecond); expiring
+ * them all in one go would hold the loop for as long as it takes to abort and answer each, and
+ * every other route's requests would wait behind them. A slice (SLICE_MS of work, at least one
+ * expiry) at a time, the sockets of other requests are read between slices.
+ */
+const expiring: Deadline[] = [];
+let expiringFrom = 0;
+const SLICE_MS = 2;
+
 function onTimeout(timer: Deadline): void {
-  timer.expire();
+  expiring.push(timer);
+  if (expiring.length === 1) setImmediate(expireSlice);
+}
+
+function expireSlice(): void {
+  const until = performance.now() + SLICE_MS;
+  do expiring[expiringFrom++]!.expire();
+  while (expiringFrom < expiring.length && performance.now() < until);
+  if (expiringFrom < expiring.length) {
+    setImmediate(expireSlice);
+    return;
+  }
+  expiring.length = 0;
+  expiringFrom = 0;
 }
 
 /**
@@ -19,6 +43,8 @@ class Deadline extends Decorator {
   private controller: NonNullable<Controller> | null = null;
   /** Failed while queued: what the try still reports is swallowed. */
   private expired = false;
+  /** The head came, or the try ended, before its turn in the expiring slices: nothing to expire. */
+  private settled = false;
   private readonly perTry: boolean;
 
   constructor(
@@ -38,7 +64,9 @@ class Deadline extends Decorator {
   }
 
   expire(): void {
+    if (this.settled) return;
     const call = this.call;
+    call.service.missedDeadline();
     const err = this.perTry ? new TryTimeout(call.service.retry!.perTryTimeoutMs!) : new ResponseTimeout(call.settings.timeoutMs);
     if (this.controller !== null) {
       this.controller.abort(err);
@@ -56,7 +84,11 @@ class Deadline extends Decorator {
 
   override onResponseStart(controller: NonNullable<Controller>, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     if (this.expired) return;
-    if (statusCode >= 200) clearTimeout(this.timer);
+    if (statusCode >= 200) {
+      clearTimeout(this.timer);
+      this.settled = true;
+      this.call.service.answeredInTime();
+    }
     this.handler.onResponseStart(controller, statusCode, headers, statusMessage);
   }
 
@@ -66,11 +98,13 @@ class Deadline extends Decorator {
 
   override onResponseEnd(controller: NonNullable<Controller>, trailers: IncomingHttpHeaders): void {
     clearTimeout(this.timer);
+    this.settled = true;
     if (!this.expired) this.handler.onResponseEnd(controller, trailers);
   }
 
   override onResponseError(controller: Controller, error: Error): void {
     clearTimeout(this.timer);
+    this.settled = true;
     if (!this.expired) this.handler.onResponseError(controller, error);
   }
 }

@@ -1,0 +1,59 @@
+import type { LoopLag } from '../observability/loop-lag.js';
+import type { UpstreamService } from '../upstream/service.js';
+import { PASS, stage, type Refusal, type RouteStage } from './exchange.js';
+
+export interface ShedDeps {
+  readonly services: ReadonlyMap<string, UpstreamService>;
+  /** Null: no shedding on event-loop delay (LOAD_SHED_EVENT_LOOP_DELAY_MS=0, or a dry run). */
+  readonly loopLag: LoopLag | null;
+  readonly shedDelayMs: number;
+}
+
+interface ShedRoute {
+  readonly service?: string;
+  readonly websocket?: unknown;
+}
+
+/**
+ * Retry-After of the refusals, taken in turn: clients refused together (a storm) come back spread
+ * over three seconds rather than all in the same one.
+ */
+const SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
+
+/**
+ * Stage, the first of every proxied route: refuses (503 with Retry-After) what the route's service
+ * cannot take, before any token is verified or body read, so that a storm of clients on a slow
+ * service costs the gateway as little as possible and leaves the loop, sockets and memory to the
+ * other services. Refused: a request whose service has as many requests in flight as it is given
+ * now (its adaptive limit, upstream/service.ts: at most `maxConcurrentRequests`, fewer while its
+ * requests miss their deadlines), and, while the event loop runs later than
+ * LOAD_SHED_EVENT_LOOP_DELAY_MS, a request whose service holds a quarter of that or more (the
+ * likely cause; services with few requests in flight are served on).
+ */
+export const shed: RouteStage<ShedRoute, ShedDeps> = {
+  name: 'shed',
+  create(route, { services, loopLag, shedDelayMs }) {
+    if (route.service === undefined || (route.websocket !== undefined && route.websocket !== false)) return null;
+    const service = services.get(route.service)!;
+    const full: Refusal[] = SPREAD.map((headers) =>
+      Object.freeze({ code: 'GW_UPSTREAM_OVERLOADED' as const, detail: `the ${service.name} service has as many requests in flight as it can take now; retry shortly`, headers }),
+    );
+    const lagging: Refusal[] = SPREAD.map((headers) =>
+      Object.freeze({ code: 'GW_UPSTREAM_OVERLOADED' as const, detail: `the gateway is overloaded and the ${service.name} service holds many of its requests; retry shortly`, headers }),
+    );
+    let turn = 0;
+    return stage('shed', () => {
+      if (service.active >= service.allowed) {
+        service.shedFull++;
+        turn = (turn + 1) % SPREAD.length;
+        return full[turn];
+      }
+      if (loopLag !== null && service.active * 4 >= service.allowed && loopLag.delayMs > shedDelayMs) {
+        service.shedLagging++;
+        turn = (turn + 1) % SPREAD.length;
+        return lagging[turn];
+      }
+      return PASS;
+    });
+  },
+};
