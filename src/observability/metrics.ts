@@ -247,7 +247,7 @@ export class Metrics {
     perService('api_gateway_upstream_overflow_total', 'Requests refused with 503 by the circuit breaker', 'counter', (s) => s.overflows);
     this.registry.registerMetric(
       scraped(
-        'api_gateway_requests_shed_total',
+        'api_gateway_upstream_shed_total',
         'Requests refused with 503 at the door, before authentication: the service full (reason="full"), or the event loop late while the service held a quarter of its limit (reason="event_loop_delay")',
         'counter',
         'sum',

@@ -1,6 +1,7 @@
 import type { LoopLag } from '../observability/loop-lag.js';
 import type { UpstreamService } from '../upstream/service.js';
 import { PASS, stage, type Refusal, type RouteStage } from './exchange.js';
+import { hasBody } from './read-body.js';
 
 export interface ShedDeps {
   readonly services: ReadonlyMap<string, UpstreamService>;
@@ -19,6 +20,8 @@ interface ShedRoute {
  * over three seconds rather than all in the same one.
  */
 const SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
+/** The same, for a request whose body is still coming: left unread, so the connection is closed with the answer. */
+const SPREAD_CLOSE = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds), connection: 'close' }));
 
 /**
  * Stage, the first of every proxied route: refuses (503 with Retry-After) what the route's service
@@ -35,25 +38,22 @@ export const shed: RouteStage<ShedRoute, ShedDeps> = {
   create(route, { services, loopLag, shedDelayMs }) {
     if (route.service === undefined || (route.websocket !== undefined && route.websocket !== false)) return null;
     const service = services.get(route.service)!;
-    const full: Refusal[] = SPREAD.map((headers) =>
-      Object.freeze({ code: 'GW_UPSTREAM_OVERLOADED' as const, detail: `the ${service.name} service has as many requests in flight as it can take now; retry shortly`, headers }),
-    );
-    const lagging: Refusal[] = SPREAD.map((headers) =>
-      Object.freeze({ code: 'GW_UPSTREAM_OVERLOADED' as const, detail: `the gateway is overloaded and the ${service.name} service holds many of its requests; retry shortly`, headers }),
-    );
+    const refusals = (detail: string) =>
+      [SPREAD, SPREAD_CLOSE].map((spread) => spread.map((headers): Refusal => Object.freeze({ code: 'GW_UPSTREAM_OVERLOADED', detail, headers })));
+    const full = refusals(`the ${service.name} service has as many requests in flight as it can take now; retry shortly`);
+    const lagging = refusals(`the gateway is overloaded and the ${service.name} service holds many of its requests; retry shortly`);
     let turn = 0;
-    return stage('shed', () => {
+    return stage('shed', (_ex, req) => {
+      let chosen: Refusal[][];
       if (service.active >= service.allowed) {
         service.shedFull++;
-        turn = (turn + 1) % SPREAD.length;
-        return full[turn];
-      }
-      if (loopLag !== null && service.active * 4 >= service.allowed && loopLag.delayMs > shedDelayMs) {
+        chosen = full;
+      } else if (loopLag !== null && service.active * 4 >= service.allowed && loopLag.delayMs > shedDelayMs) {
         service.shedLagging++;
-        turn = (turn + 1) % SPREAD.length;
-        return lagging[turn];
-      }
-      return PASS;
+        chosen = lagging;
+      } else return PASS;
+      turn = (turn + 1) % SPREAD.length;
+      return chosen[hasBody(req) ? 1 : 0]![turn];
     });
   },
 };

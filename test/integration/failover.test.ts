@@ -448,12 +448,13 @@ describe('circuit breaker', () => {
     const id = newId('cb-over');
     const refused = await get(gw, id);
     expectProblem(refused, 503, 'GW_UPSTREAM_OVERLOADED');
-    assert.equal(refused.headers['retry-after'], '1');
+    assert.match(String(refused.headers['retry-after']), /^[123]$/);
     assert.ok(refused.ms < 1_000, `answered while the two were still held, after ${refused.ms.toFixed(0)} ms`);
     assert.equal(upstream.received.length, 2, 'the upstream never saw the refused request');
     assert.ok(!idsAt(upstream).includes(id));
     const samples = await scrape(gw);
-    assert.equal(sample(samples, 'api_gateway_upstream_overflow_total', { service: 'backend' }), 1);
+    // Refused at the door, before the token or the upstream call.
+    assert.equal(sample(samples, 'api_gateway_upstream_shed_total', { service: 'backend', reason: 'full' }), 1);
     assert.equal(sample(samples, 'api_gateway_upstream_active_requests', { service: 'backend' }), 2);
 
     const gateNow = held!;
@@ -495,7 +496,7 @@ describe('passive outlier ejection', () => {
       assert.equal(warn.length, 1, JSON.stringify(warn));
       assert.equal(warn[0]!.level, 'WARN');
       assert.equal(warn[0]!.instance, bad.url);
-      assert.equal(warn[0]!.service, 'backend');
+      assert.equal(warn[0]!.upstream_service, 'backend');
 
       for (let i = 0; i < 12; i++) {
         const res = await get(gw, newId('after-eject'));

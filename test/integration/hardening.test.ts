@@ -239,7 +239,7 @@ describe('a request refused by the circuit breaker while its body is still strea
     const res = upload.responses[0]!;
     assert.equal(res.status, 503, upload.text);
     assert.equal(problemOf(res).code, 'GW_UPSTREAM_OVERLOADED');
-    assert.equal(header(res, 'retry-after'), '1');
+    assert.match(header(res, 'retry-after') ?? '', /^[123]$/);
     assert.equal(header(res, 'connection')?.toLowerCase(), 'close', `the refusal must say Connection: close: ${upload.text}`);
     assert.ok(upload.answeredMs < 3_000, `answered after ${upload.answeredMs.toFixed(0)} ms`);
   }

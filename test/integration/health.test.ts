@@ -88,7 +88,7 @@ describe('GET /health with real dependencies', () => {
     assert.deepEqual(Object.keys(h.body.dependencies).sort(), ['auth-service', 'database']);
     assert.deepEqual(Object.keys(h.body).sort(), ['audit', 'dependencies', 'redis', 'service', 'services', 'status', 'timestamp', 'version']);
     // How Redis is deployed and what the gateway does with it; no address.
-    assert.deepEqual(h.body.redis, { mode: 'server', state: 'connected', primaries: 1 });
+    assert.deepEqual(h.body.redis, { mode: 'server', state: 'connected', primaries: 1, announcements: 'subscribed' });
     for (const svc of Object.values(h.body.services as Record<string, unknown>)) assert.deepEqual(Object.keys(svc as object).sort(), ['healthy', 'status', 'total']);
   });
 
@@ -100,7 +100,7 @@ describe('GET /health with real dependencies', () => {
       assert.equal(down.statusCode, 200, 'a dependency outage must not fail the probe');
       assert.equal(down.body.status, 'degraded');
       assert.equal(down.body.dependencies['auth-service'], 'healthy');
-      assert.deepEqual(down.body.redis, { mode: 'server', state: 'reconnecting', primaries: 0 });
+      assert.deepEqual(down.body.redis, { mode: 'server', state: 'reconnecting', primaries: 0, announcements: 'not subscribed' });
       const live = await read(request(`${gw.url}/health/live`));
       assert.equal(live.statusCode, 200, '/health/live answers whatever the dependencies do');
     } finally {

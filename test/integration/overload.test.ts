@@ -118,8 +118,8 @@ describe('a slow upstream under a storm of clients', { timeout: 120_000 }, () =>
       assert.ok((stormCounts['504'] ?? 0) >= 200, `storm answers ${JSON.stringify(stormCounts)}`);
       assert.ok((stormCounts['503'] ?? 0) >= 1000, `storm answers ${JSON.stringify(stormCounts)}`);
       assert.equal(Object.keys(stormCounts).sort().join(), '503,504');
-      assert.ok(metric(after, 'api_gateway_requests_shed_total{service="reports",reason="full"}') >= 1000, 'refused at the door');
-      assert.equal(metric(after, 'api_gateway_requests_shed_total{service="charts",reason="full"}'), 0);
+      assert.ok(metric(after, 'api_gateway_upstream_shed_total{service="reports",reason="full"}') >= 1000, 'refused at the door');
+      assert.equal(metric(after, 'api_gateway_upstream_shed_total{service="charts",reason="full"}'), 0);
       assert.ok(!gw.stdout().includes('redis unreachable'), 'no Redis outage was reported');
       assert.ok(p99(during.latencies) <= 2 * p99(baseline.latencies), `p99 ${p99(during.latencies).toFixed(1)} ms during the storm, ${p99(baseline.latencies).toFixed(1)} ms before`);
     } finally {

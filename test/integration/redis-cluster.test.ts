@@ -104,7 +104,7 @@ describe('REDIS_CLUSTER_NODES: three primaries', () => {
       assert.equal(health.statusCode, 200, health.text);
       const body = JSON.parse(health.text) as { dependencies: { database: string }; redis: unknown };
       assert.equal(body.dependencies.database, 'healthy');
-      assert.deepEqual(body.redis, { mode: 'cluster', state: 'connected', primaries: 3 }, health.text);
+      assert.deepEqual(body.redis, { mode: 'cluster', state: 'connected', primaries: 3, announcements: 'subscribed' }, health.text);
     }
   });
 

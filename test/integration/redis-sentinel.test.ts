@@ -124,8 +124,12 @@ describe('REDIS_SENTINELS: a failover under traffic', () => {
     assert.ok(slowest.ms <= TIMEOUT_MS + SLACK_MS, `the slowest answer took ${Math.round(slowest.ms)} ms (${slowest.status}); seen ${JSON.stringify(Object.fromEntries(seen))}`);
     assert.equal(await sentinels.primaryPort(), sentinels.replica.port, 'the replica was promoted');
     assert.ok(states.has('finding the primary'), `/health told of the search for the new primary: ${[...states].join(', ')}`);
-    const settled = JSON.parse((await send(`${a.url}/health`)).text) as { redis: unknown };
-    assert.deepEqual(settled.redis, { mode: 'sentinel', state: 'connected', primaries: 1 });
+    // Revocation announcements are heard again from the promoted primary within a retry or two.
+    const settled = await until('/health to settle on the new primary', 10_000, async () => {
+      const h = JSON.parse((await send(`${a.url}/health`)).text) as { redis: { announcements?: string } };
+      return h.redis.announcements === 'subscribed' ? h : undefined;
+    }, 100);
+    assert.deepEqual(settled.redis, { mode: 'sentinel', state: 'connected', primaries: 1, announcements: 'subscribed' });
 
     assert.ok(await until('a shared limit again', 10_000, async () => ((await sharedLimit()) ? true : undefined)));
     await refusedOnBoth(before, 'revoked before the failover, after it');

@@ -9,7 +9,7 @@ import { UpstreamService } from '../../src/upstream/service.js';
 
 /**
  * The door of every proxied route: what the route's service cannot take is refused before any
- * token is verified (the stage reads neither the request nor the exchange).
+ * token is verified or any body read.
  */
 
 const log = createLoggers('ERROR').log;
@@ -19,7 +19,7 @@ function setup(maxConcurrentRequests: number, delayMs = 0) {
   svc.configure(serviceSchema.parse({ instances: ['http://10.0.0.1:9000'], healthCheck: false, maxConcurrentRequests }));
   const lag = { delayMs } as LoopLag;
   const stage = shed.create({ service: 'reports' }, { services: new Map([['reports', svc]]), loopLag: lag, shedDelayMs: 100 })!;
-  const verdict = () => stage.handle(null as unknown as Exchange, null as never, null as never) as Refusal | undefined;
+  const verdict = (headers: Record<string, string> = {}) => stage.handle(null as unknown as Exchange, { headers, httpVersionMajor: 1 } as never, null as never) as Refusal | undefined;
   return { svc, lag, verdict };
 }
 
@@ -33,6 +33,8 @@ describe('shed: refused at the door', () => {
     for (const r of seen) assert.equal(r.code, 'GW_UPSTREAM_OVERLOADED');
     assert.deepEqual(new Set(seen.map((r) => r.headers!['retry-after'])), new Set(['1', '2', '3']));
     assert.equal(svc.shedFull, 6);
+    assert.equal(verdict({ 'transfer-encoding': 'chunked' })!.headers!.connection, 'close', 'a body left unread: the connection closes with the answer');
+    assert.equal(verdict()!.headers!.connection, undefined);
   });
 
   it('the limit the door applies is the adaptive one: lowered while requests miss their deadline', () => {
