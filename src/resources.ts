@@ -180,7 +180,7 @@ function openStores(
   const accessControl = new AccessControl(store, local, logger, timeoutMs);
   // Revocations announced by other replicas, mirrored for use while Redis is away.
   // Its commands (SUBSCRIBE) are on no request's path: a stalled event loop must not time them out.
-  const subscriber = createRedisClient(connection, Math.max(timeoutMs, SUBSCRIBER_TIMEOUT_MS), logger);
+  const subscriber = createRedisClient(connection, Math.max(timeoutMs, SUBSCRIBER_TIMEOUT_MS), logger, true);
   accessControl.listen(subscriber);
   return { redis, pipe, subscriber, local, accessControl };
 }

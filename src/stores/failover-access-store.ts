@@ -99,17 +99,13 @@ export class AccessControl {
       const r = parseRevocation(message);
       if (r !== null) this.applyRevocation(r);
     });
-    // Subscribed once connected (ioredis subscribes again by itself after a reconnect), and tried
-    // again until it is in place: a subscription refused once (a timeout during a stall) must not
-    // leave the replica deaf for good. The mirror is filled from the revocation keys themselves
-    // once the subscription is up: at the first connection (a replica started later knows what was
-    // revoked before it), and after every reconnect (announcements made while it was away are
-    // lost; nothing falls in between).
-    subscriber.on('ready', () => {
-      if (!this.subscribed) return void this.subscribe(subscriber, false);
-      this.hearing = true;
-      void this.resync('revocation mirror resynced after a reconnect').then(() => this.checkEpoch());
-    });
+    // Subscribed on every connection (the first and each reconnect), and tried again until it is
+    // in place: a subscription refused once (a timeout during a stall) must not leave the replica
+    // deaf for good. The mirror is filled from the revocation keys themselves once the
+    // subscription is up: at the first connection (a replica started later knows what was revoked
+    // before it), and after every reconnect (announcements made while it was away are lost;
+    // nothing falls in between).
+    subscriber.on('ready', () => this.subscribe(subscriber, false));
     subscriber.on('close', () => (this.hearing = false));
     this.epochTimer = setInterval(() => void this.checkEpoch(), EPOCH_CHECK_MS);
     this.epochTimer.unref();
@@ -125,10 +121,11 @@ export class AccessControl {
     if (this.subscribeRetry !== null) return;
     subscriber.subscribe(REVOCATION_CHANNEL).then(
       async () => {
+        const again = this.subscribed;
         this.subscribed = true;
         this.hearing = true;
         if (retrying) this.logger.info('subscribed to revocation announcements');
-        await this.resync('revocation mirror loaded');
+        await this.resync(again ? 'revocation mirror resynced after a reconnect' : 'revocation mirror loaded');
         await this.checkEpoch();
       },
       (err: unknown) => {

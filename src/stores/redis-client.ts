@@ -27,8 +27,11 @@ const GuardedConnector = GuardedStandaloneConnector as unknown as NonNullable<Re
  * away a command fails at once instead of holding a request, and nothing piles up. Commands
  * issued in the same tick travel in one pipeline (auto-pipelining).
  */
-export function createRedisClient(connection: RedisConnection, commandTimeoutMs: number, logger: Logger): Redis | Cluster {
+export function createRedisClient(connection: RedisConnection, commandTimeoutMs: number, logger: Logger, subscriber = false): Redis | Cluster {
   const options: RedisOptions = {
+    // The subscriber subscribes again itself on every 'ready' (AccessControl.listen): ioredis's own
+    // resubscription leaves its promise unhandled when the connection drops right after ready.
+    autoResubscribe: !subscriber,
     lazyConnect: true,
     enableOfflineQueue: false,
     enableAutoPipelining: true,
@@ -74,6 +77,8 @@ export function createRedisClient(connection: RedisConnection, commandTimeoutMs:
         slotsRefreshTimeout: 1_000,
         redisOptions: {
           ...options,
+          // A node's connection may come back without the cluster's 'ready': it subscribes again itself.
+          autoResubscribe: true,
           Connector: GuardedConnector,
           ...(connection.password === null ? undefined : { password: connection.password }),
           ...tls,

@@ -25,6 +25,13 @@ interface Health {
   checks: Record<string, { status: string; detail: string }>;
 }
 
+/**
+ * Each stall outlasts the Redis command timeout several times over; the timeout itself leaves
+ * room for a Redis that is merely slow on a busy machine (a different story from a stall).
+ */
+const COMMAND_TIMEOUT_MS = 200;
+const STALL_MS = 600;
+
 describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () => {
   let redis: TestRedis;
   let upstream: TestUpstream;
@@ -33,7 +40,7 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
   before(async () => {
     redis = await startRedis();
     upstream = await startUpstream();
-    gw = await spawnGateway(PHI_ROUTES(upstream.url), { REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: '100', HEALTH_CACHE_MS: '0', RATE_LIMIT_PER_MINUTE: '1000000', LOG_LEVEL: 'INFO' });
+    gw = await spawnGateway(PHI_ROUTES(upstream.url), { REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: String(COMMAND_TIMEOUT_MS), HEALTH_CACHE_MS: '0', RATE_LIMIT_PER_MINUTE: '1000000', LOG_LEVEL: 'INFO' });
     await untilDatabase(gw.url, 'healthy');
   });
   after(async () => {
@@ -42,16 +49,17 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
     await redis?.stop();
   });
 
-  it('PHI requests in flight across five 400 ms stalls (the process frozen) all pass: replies that arrived during a stall are answers, not timeouts', async (t) => {
+  it('PHI requests in flight across five 600 ms stalls (the process frozen) all pass: replies that arrived during a stall are answers, not timeouts', async (t) => {
     const token = await signToken({ sub: `stall-${process.pid}` });
     const pool = new Pool(gw.url, { connections: 16 });
-    const statuses = new Map<number, number>();
+    const statuses = new Map<string, number>();
     let running = true;
     const worker = async () => {
       for (let i = 0; running; i++) {
         const res = await pool.request({ path: `/api/chart/${i}`, method: 'GET', headers: { authorization: `Bearer ${token}` }, headersTimeout: 20_000, bodyTimeout: 20_000 });
-        await res.body.dump();
-        statuses.set(res.statusCode, (statuses.get(res.statusCode) ?? 0) + 1);
+        const text = await res.body.text();
+        const key = res.statusCode === 200 ? '200' : `${res.statusCode} ${(/"code":"(\w+)"/.exec(text) ?? [])[1] ?? ''}`;
+        statuses.set(key, (statuses.get(key) ?? 0) + 1);
       }
     };
     const load = Promise.all(Array.from({ length: 16 }, worker));
@@ -61,7 +69,7 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
         const before = [...statuses.values()].reduce((a, b) => a + b, 0);
         await until('traffic between stalls', 10_000, async () => ([...statuses.values()].reduce((a, b) => a + b, 0) >= before + 50 ? true : undefined), 5);
         process.kill(gw.pid, 'SIGSTOP');
-        await new Promise((r) => setTimeout(r, 400));
+        await new Promise((r) => setTimeout(r, STALL_MS));
         process.kill(gw.pid, 'SIGCONT');
       }
     } finally {
@@ -70,7 +78,7 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
       await pool.close();
     }
     t.diagnostic(`answers: ${JSON.stringify(Object.fromEntries(statuses))}`);
-    assert.deepEqual([...statuses.keys()], [200], 'every PHI request passed');
+    assert.deepEqual([...statuses.keys()], ['200'], 'every PHI request passed');
     assert.ok(!gw.stdout().includes('redis unreachable'), 'no Redis outage was reported');
   });
 });
