@@ -5,6 +5,7 @@ import type { Identity } from '../auth/identity.js';
 import type { ErrorCode } from '../errors.js';
 import type { RateLimitDecision } from '../stores/rate-limit-store.js';
 import type { UpstreamCall } from '../upstream/call.js';
+import type { UpstreamService } from '../upstream/service.js';
 import type { AccessRecord, SocketClose } from '../audit/audit-trail.js';
 import type { CorsPolicy } from './cors-policy.js';
 import type { RateLimitPolicy } from './rate-limit-policy.js';
@@ -105,6 +106,8 @@ export class Exchange {
   breakGlass: string | null = null;
   /** access-check: the rate-limit decision (RateLimit headers on the answer). */
   rateLimit: RateLimitDecision | null = null;
+  /** shed: the service whose door let this request in; its place is held until forward calls it, or the exchange ends. */
+  entered: UpstreamService | null = null;
   /** audit-gate: a PHI request let in while the audit spool had room: its event may use the headroom. */
   auditAdmitted = false;
   /** audit-gate: the write-ahead access record; the answer's head waits until it is durable. */
@@ -178,5 +181,13 @@ export class Exchange {
   /** Tries at other instances after the first. */
   get retries(): number {
     return this.upstream?.retries ?? 0;
+  }
+
+  /** Gives back the place the service's door held for this request (forward, as it calls; the exit phase, if it never did). */
+  leaveDoor(): void {
+    if (this.entered !== null) {
+      this.entered.entering--;
+      this.entered = null;
+    }
   }
 }

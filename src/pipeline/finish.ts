@@ -44,6 +44,7 @@ function endSpans(ex: Exchange, status: number): void {
 export function finisher({ accessLog, audit, metrics, trends, logger, isShuttingDown, closeIdle }: FinishDeps): (ex: Exchange, req: IncomingMessage, res: ServerResponse) => void {
   return (ex, req, res) => {
     ex.inFlight?.clientClosed();
+    ex.leaveDoor();
     ex.after?.(ex);
     const ms = performance.now() - ex.startedAt;
     // A WebSocket's exchange ends when the socket closes: 101, and its duration is the socket's.

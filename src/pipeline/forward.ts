@@ -139,6 +139,8 @@ export const forward: RouteStage<ForwardRoute, ForwardDeps> = {
       const handler = new ProxyResponse(ex, res, streamed);
       ex.upstream = call;
       ex.inFlight = handler;
+      // The door's place passes to the call (the breaker counts it as active from here).
+      ex.leaveDoor();
       upstreamCall(call, handler);
       return ANSWERED;
     });

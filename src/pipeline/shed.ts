@@ -27,7 +27,8 @@ const SPREAD_CLOSE = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': S
  * Stage, the first of every proxied route: refuses (503 with Retry-After) what the route's service
  * cannot take, before any token is verified or body read, so that a storm of clients on a slow
  * service costs the gateway as little as possible and leaves the loop, sockets and memory to the
- * other services. Refused: a request whose service has as many requests in flight as it is given
+ * other services. Refused: a request whose service has as many requests in flight (or let in by
+ * the door and on their way to it: a burst that arrives at once is counted as it arrives) as it is given
  * now (its adaptive limit, upstream/service.ts: at most `maxConcurrentRequests`, fewer while its
  * requests miss their deadlines), and, while the event loop runs later than
  * LOAD_SHED_EVENT_LOOP_DELAY_MS, a request whose service holds a quarter of that or more (the
@@ -43,15 +44,20 @@ export const shed: RouteStage<ShedRoute, ShedDeps> = {
     const full = refusals(`the ${service.name} service has as many requests in flight as it can take now; retry shortly`);
     const lagging = refusals(`the gateway is overloaded and the ${service.name} service holds many of its requests; retry shortly`);
     let turn = 0;
-    return stage('shed', (_ex, req) => {
+    return stage('shed', (ex, req) => {
       let chosen: Refusal[][];
-      if (service.active >= service.allowed) {
+      const held = service.active + service.entering;
+      if (held >= service.allowed) {
         service.shedFull++;
         chosen = full;
-      } else if (loopLag !== null && service.active * 4 >= service.allowed && loopLag.delayMs > shedDelayMs) {
+      } else if (loopLag !== null && held * 4 >= service.allowed && loopLag.delayMs > shedDelayMs) {
         service.shedLagging++;
         chosen = lagging;
-      } else return PASS;
+      } else {
+        service.entering++;
+        ex.entered = service;
+        return PASS;
+      }
       turn = (turn + 1) % SPREAD.length;
       return chosen[hasBody(req) ? 1 : 0]![turn];
     });

@@ -34,6 +34,12 @@ export class UpstreamService {
   instances: readonly Instance[] = [];
   /** Upstream requests in flight or queued, across the instances: the circuit breaker's count. */
   active = 0;
+  /**
+   * Requests the door (pipeline/shed.ts) let in that are not calling yet (their token being
+   * verified, their limit counted): the door counts them with `active`, or a burst arriving in
+   * the same moment would all pass it before the first of them reached the breaker.
+   */
+  entering = 0;
   maxActive = 0;
   /**
    * The requests in flight the door lets in now (pipeline/shed.ts): maxActive, lowered by a tenth

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Exchange, Refusal } from '../../src/pipeline/exchange.js';
+import { Exchange, type Refusal } from '../../src/pipeline/exchange.js';
 import { shed } from '../../src/pipeline/shed.js';
 import { createLoggers } from '../../src/observability/logger.js';
 import type { LoopLag } from '../../src/observability/loop-lag.js';
@@ -19,8 +19,14 @@ function setup(maxConcurrentRequests: number, delayMs = 0) {
   svc.configure(serviceSchema.parse({ instances: ['http://10.0.0.1:9000'], healthCheck: false, maxConcurrentRequests }));
   const lag = { delayMs } as LoopLag;
   const stage = shed.create({ service: 'reports' }, { services: new Map([['reports', svc]]), loopLag: lag, shedDelayMs: 100 })!;
-  const verdict = (headers: Record<string, string> = {}) => stage.handle(null as unknown as Exchange, { headers, httpVersionMajor: 1 } as never, null as never) as Refusal | undefined;
-  return { svc, lag, verdict };
+  const letIn: Exchange[] = [];
+  const verdict = (headers: Record<string, string> = {}) => {
+    const ex = new Exchange('', 0, '127.0.0.1', false, '127.0.0.1');
+    const v = stage.handle(ex, { headers, httpVersionMajor: 1 } as never, null as never) as Refusal | undefined;
+    if (v === undefined) letIn.push(ex);
+    return v;
+  };
+  return { svc, lag, verdict, letIn };
 }
 
 describe('shed: refused at the door', () => {
@@ -35,6 +41,21 @@ describe('shed: refused at the door', () => {
     assert.equal(svc.shedFull, 6);
     assert.equal(verdict({ 'transfer-encoding': 'chunked' })!.headers!.connection, 'close', 'a body left unread: the connection closes with the answer');
     assert.equal(verdict()!.headers!.connection, undefined);
+  });
+
+  it('a burst arriving at once is counted as it passes the door, before any of it is calling; each place comes back when it calls or ends', () => {
+    const { svc, verdict, letIn } = setup(10);
+    const verdicts = Array.from({ length: 15 }, () => verdict());
+    assert.equal(verdicts.filter((v) => v === undefined).length, 10, 'the first ten pass');
+    assert.equal(verdicts.filter((v) => v?.code === 'GW_UPSTREAM_OVERLOADED').length, 5, 'the five past the limit are refused, though none is in flight yet');
+    // One calls (forward passes its place to the breaker's count), one is refused further on (the exit phase gives it back).
+    letIn[0]!.leaveDoor();
+    svc.active++;
+    letIn[1]!.leaveDoor();
+    letIn[1]!.leaveDoor();
+    assert.equal(svc.entering, 8, 'a place is given back once');
+    assert.equal(verdict(), undefined, 'a place is free again');
+    assert.equal(verdict()?.code, 'GW_UPSTREAM_OVERLOADED');
   });
 
   it('the limit the door applies is the adaptive one: lowered while requests miss their deadline', () => {

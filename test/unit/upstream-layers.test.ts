@@ -205,8 +205,10 @@ describe('upstream layers: breaker', () => {
     assert.equal(s.tries.length, 1, 'the refused call never reached an instance');
     const refused = second.error as GatewayRefusal;
     assert.equal(refused.code, 'GW_UPSTREAM_OVERLOADED');
-    assert.equal(refused.headers?.['retry-after'], '1');
-    assert.equal(svc.overflows, 1);
+    assert.match(refused.headers?.['retry-after'] ?? '', /^[123]$/);
+    const after = new Set(Array.from({ length: 3 }, () => (run([breaker, balance], s, call(svc)).error as GatewayRefusal).headers!['retry-after']));
+    assert.equal(after.size, 3, 'clients refused together are told to come back at different seconds');
+    assert.equal(svc.overflows, 4);
     s.pending!.controller.abort(errno('ECONNRESET'));
     assert.ok(first.error !== undefined);
     assert.equal(svc.active, 0, 'an error gives the place back');
@@ -423,6 +425,41 @@ describe('upstream layers: deadline, many at once', () => {
     );
     await until(() => expiredBy() === 20_000);
     assert.ok(expiredWhenOtherWorkRan < 20_000, `other work ran after ${expiredWhenOtherWorkRan} of 20,000 expiries`);
+  });
+
+  it('while the work a wave of expiries sets off keeps the loop busy, the next expiries wait: other work passes through the wave', async () => {
+    const spin = (ms: number) => {
+      const end = performance.now() + ms;
+      while (performance.now() < end);
+    };
+    const svc = service({ instances: origins(1), maxConcurrentRequests: 1_000 });
+    const WAVE = 60;
+    let expired = 0;
+    // Each expiry costs a little at once (the 504) and more in the turns after (the connection
+    // closing, the client's next request), as through the gateway.
+    class Costly extends Recorder {
+      override onResponseError(controller: unknown, err: Error): void {
+        super.onResponseError(controller, err);
+        expired++;
+        spin(0.2);
+        setImmediate(() => spin(1));
+      }
+    }
+    for (let i = 0; i < WAVE; i++) compose([balance, deadline], scripted(['hang']).send)(call(svc, { timeoutMs: 1 }), new Costly());
+    await until(() => expired > 0);
+    // Another request, which needs five turns of the loop, starting as the wave does.
+    for (let turn = 0; turn < 5; turn++) await new Promise((resolve) => setImmediate(resolve));
+    const expiredWhenItWasDone = expired;
+    await until(() => expired === WAVE);
+    assert.ok(expiredWhenItWasDone < WAVE / 2, `the other request took its five turns while ${expiredWhenItWasDone} of ${WAVE} deadlines expired`);
+  });
+
+  it('the failures a wave of deadlines raises carry no stack to format (Node formats it for each aborted socket)', () => {
+    for (const err of [new ResponseTimeout(5), new TryTimeout(5), new ClientClosed('gone'), new GatewayRefusal('GW_UPSTREAM_OVERLOADED', 'full')]) {
+      assert.ok(!err.stack!.includes('\n    at '), `${err.constructor.name}: ${err.stack}`);
+      assert.ok(err instanceof Error);
+    }
+    assert.ok(new Error('an ordinary error').stack!.includes('\n    at '), 'ordinary errors keep their stack');
   });
 
   it("each missed deadline lowers the service's adaptive limit by a tenth, down to 8; each answer in time raises it by one", () => {

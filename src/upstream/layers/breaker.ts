@@ -22,6 +22,10 @@ class Release extends Decorator {
   }
 }
 
+/** Retry-After of the refusals, taken in turn: clients refused together come back over three seconds. */
+const SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
+let turn = 0;
+
 /**
  * The circuit breaker: a service holds at most `maxConcurrentRequests` calls in flight or queued,
  * across its instances; past that, 503 at once, so that a slow service cannot pile up requests
@@ -31,7 +35,7 @@ export const breaker: UpstreamLayer = (next) => (call, handler) => {
   const service = call.service;
   if (service.active >= service.maxActive) {
     service.overflows++;
-    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, { 'retry-after': '1' }));
+    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, SPREAD[(turn = (turn + 1) % SPREAD.length)]));
     return;
   }
   service.active++;

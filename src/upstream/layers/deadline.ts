@@ -1,19 +1,32 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { EventLoopUtilization } from 'node:perf_hooks';
 import { Decorator, type UpstreamCall, type UpstreamHandler, type UpstreamLayer } from '../call.js';
 import { ClientClosed, ResponseTimeout, TryTimeout } from '../failures.js';
 
 type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
 
 /**
- * Deadlines that passed, expired a slice per turn of the event loop. Requests sent together time
- * out together (a storm of clients on a slow service: hundreds in the same millisecond); expiring
- * them all in one go would hold the loop for as long as it takes to abort and answer each, and
- * every other route's requests would wait behind them. A slice (SLICE_MS of work, at least one
- * expiry) at a time, the sockets of other requests are read between slices.
+ * Deadlines that passed, expired in paced slices. Requests sent together time out together (a
+ * storm of clients on a slow service: hundreds in the same millisecond), and each expiry sets off
+ * several times its own cost: the aborted connection closing (and undici opening another in its
+ * place), the 504 with its log line and audit event, the client's next request. Expired in one go,
+ * or even a slice per turn, that work would fill every turn of the loop for a quarter of a second,
+ * and a request of another route, which needs several turns, would wait behind it in each. So the
+ * first slice (SLICE_MS of work, at least one expiry) runs at once, and while more are waiting the
+ * next follows once the loop has been idle for at least half the time since the last one (looked
+ * at every PAUSE_MS, and never later than MAX_WAIT_MS): a wave of expiries takes what the loop
+ * has to spare, and reaches its clients somewhat later (a 256-request wave within about a second)
+ * rather than delaying every other route's requests.
  */
 const expiring: Deadline[] = [];
 let expiringFrom = 0;
-const SLICE_MS = 2;
+const SLICE_MS = 0.5;
+const PAUSE_MS = 2;
+const BUSY = 0.6;
+const MAX_WAIT_MS = 10;
+/** The loop's counters when the last slice ended, while more expiries wait. */
+let sliceEnded: EventLoopUtilization | null = null;
+let sliceEndedAt = 0;
 
 function onTimeout(timer: Deadline): void {
   expiring.push(timer);
@@ -21,15 +34,22 @@ function onTimeout(timer: Deadline): void {
 }
 
 function expireSlice(): void {
+  if (sliceEnded !== null && performance.now() - sliceEndedAt < MAX_WAIT_MS && performance.eventLoopUtilization(sliceEnded).utilization > BUSY) {
+    setTimeout(expireSlice, PAUSE_MS);
+    return;
+  }
   const until = performance.now() + SLICE_MS;
   do expiring[expiringFrom++]!.expire();
   while (expiringFrom < expiring.length && performance.now() < until);
   if (expiringFrom < expiring.length) {
-    setImmediate(expireSlice);
+    sliceEnded = performance.eventLoopUtilization();
+    sliceEndedAt = performance.now();
+    setTimeout(expireSlice, PAUSE_MS);
     return;
   }
   expiring.length = 0;
   expiringFrom = 0;
+  sliceEnded = null;
 }
 
 /**
