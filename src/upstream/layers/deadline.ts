@@ -13,7 +13,7 @@ type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
  * or even a slice per turn, that work would fill every turn of the loop for a quarter of a second,
  * and a request of another route, which needs several turns, would wait behind it in each. So the
  * first slice (SLICE_MS of work, at least one expiry) runs at once, and while more are waiting the
- * next follows once the loop has been idle for at least half the time since the last one (looked
+ * next follows once the loop has been idle for at least 40% of the time since the last one (looked
  * at every PAUSE_MS, and never later than MAX_WAIT_MS): a wave of expiries takes what the loop
  * has to spare, and reaches its clients somewhat later (a 256-request wave within about a second)
  * rather than delaying every other route's requests.
