@@ -87,6 +87,11 @@ export function createGatewayServer(
     tlsServer = h2;
     server = h2 as unknown as Server;
     (server as { maxHeaderSize?: number }).maxHeaderSize = options.maxHeaderBytes;
+    // Its HTTP/1.1 connections (allowHTTP1) are checked for the headers and request deadlines by
+    // the same timer as node:http's, started when it listens, but createSecureServer takes no
+    // option for its interval (30 s): without this a slowloris client over TLS held its
+    // connection up to 30 s past CLIENT_HEADERS_TIMEOUT_MS.
+    (server as { connectionsCheckingInterval?: number }).connectionsCheckingInterval = CONNECTIONS_CHECK_MS;
   } else {
     const https = createHttpsServer({ ...common, cert: material.cert, key: material.key, minVersion: MIN_TLS_VERSION }, handle);
     tlsServer = https;

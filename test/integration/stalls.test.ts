@@ -1,14 +1,18 @@
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import { Pool } from 'undici';
 import { REVOCATION_CHANNEL } from '../../src/stores/access-store.js';
-import { routesFor } from '../helpers/gateway.js';
+import { routesFor, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 import { send } from '../helpers/http.js';
 import { until, untilDatabase } from '../helpers/poll.js';
 import { spawnGateway, type GatewayProcess } from '../helpers/process.js';
-import { inspectRedis, startRedis, type TestRedis } from '../helpers/redis.js';
+import { inspectRedis, loopbackCertificate, startRedis, type TestRedis } from '../helpers/redis.js';
 import { signToken } from '../helpers/tokens.js';
 import { startUpstream, type TestUpstream } from '../helpers/upstream.js';
 
@@ -115,39 +119,67 @@ describe('the revocation subscription', { timeout: 60_000 }, () => {
   });
 });
 
+/** Sends a request's head a byte every 200 ms; resolves with how long until the gateway closed the connection, and what it answered. */
+async function drip(socket: Socket): Promise<{ cutAfterMs: number; answer: string }> {
+  const started = performance.now();
+  socket.write('GET /api/open/x HTTP/1.1\r\nHost: gateway\r\n');
+  let answer = '';
+  socket.on('data', (d: Buffer) => (answer += d.toString()));
+  const dripping = setInterval(() => socket.writable && socket.write('X'), 200);
+  const cutAfterMs = await new Promise<number>((resolve) => {
+    socket.once('close', () => resolve(performance.now() - started));
+    // Bounded: a gateway that never cuts fails this test instead of hanging it.
+    setTimeout(() => socket.destroy(), 15_000).unref();
+  });
+  clearInterval(dripping);
+  return { cutAfterMs, answer };
+}
+
+const HEADERS_TIMEOUT_MS = 1_500;
+
+function assertCutInTime({ cutAfterMs, answer }: { cutAfterMs: number; answer: string }, upstream: TestUpstream): void {
+  assert.ok(cutAfterMs >= HEADERS_TIMEOUT_MS - 50, `cut after ${cutAfterMs} ms, before the timeout`);
+  // Within the configured time plus the one-second bound, and a margin for a busy machine.
+  assert.ok(cutAfterMs < HEADERS_TIMEOUT_MS + 1_000 + 1_500, `cut after ${Math.round(cutAfterMs)} ms`);
+  assert.match(answer, /^HTTP\/1\.1 408 /);
+  assert.equal(upstream.received.length, 0);
+}
+
 describe('a slowloris client', { timeout: 60_000 }, () => {
   let upstream: TestUpstream;
   let gw: GatewayProcess;
-  const HEADERS_TIMEOUT_MS = 1_500;
+  let tlsGw: TestGateway;
+  let dir: string;
 
   before(async () => {
     upstream = await startUpstream();
-    gw = await spawnGateway(routesFor(upstream.url, [{ name: 'open', prefix: '/api/open', auth: 'public' }]), { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS) });
+    const routes = routesFor(upstream.url, [{ name: 'open', prefix: '/api/open', auth: 'public' }]);
+    gw = await spawnGateway(routes, { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS) });
+    dir = await mkdtemp(join(tmpdir(), 'gw-slowloris-'));
+    const { certFile, keyFile } = await loopbackCertificate(dir);
+    tlsGw = await startTestGateway(routes, { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS), TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile, HTTP2_ENABLED: 'true' });
   });
   after(async () => {
     await gw?.stop();
+    await tlsGw?.close();
     await upstream?.close();
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
   it(`sending its headers a byte at a time is cut within CLIENT_HEADERS_TIMEOUT_MS plus a second (not up to 30 s later)`, async (t) => {
     const socket = connect(gw.port, '127.0.0.1');
     await new Promise((r) => socket.once('connect', r));
-    const started = performance.now();
-    socket.write('GET /api/open/x HTTP/1.1\r\nHost: gateway\r\n');
-    let answer = '';
-    socket.on('data', (d: Buffer) => (answer += d.toString()));
-    const drip = setInterval(() => socket.writable && socket.write('X'), 200);
-    const cutAfterMs = await new Promise<number>((resolve) => {
-      socket.once('close', () => resolve(performance.now() - started));
-      // Bounded: a gateway that never cuts fails this test instead of hanging it.
-      setTimeout(() => socket.destroy(), 15_000).unref();
-    });
-    clearInterval(drip);
-    t.diagnostic(`cut after ${Math.round(cutAfterMs)} ms: ${answer.split('\r\n')[0]}`);
-    assert.ok(cutAfterMs >= HEADERS_TIMEOUT_MS - 50, `cut after ${cutAfterMs} ms, before the timeout`);
-    // Within the configured time plus the one-second bound, and a margin for a busy machine.
-    assert.ok(cutAfterMs < HEADERS_TIMEOUT_MS + 1_000 + 1_500, `cut after ${Math.round(cutAfterMs)} ms`);
-    assert.match(answer, /^HTTP\/1\.1 408 /);
-    assert.equal(upstream.received.length, 0);
+    const cut = await drip(socket);
+    t.diagnostic(`cut after ${Math.round(cut.cutAfterMs)} ms: ${cut.answer.split('\r\n')[0]}`);
+    assertCutInTime(cut, upstream);
+  });
+
+  it('the same over TLS on the HTTP/2 listener, as HTTP/1.1 by ALPN (Node checks those connections on its own 30 s timer)', async (t) => {
+    const socket = tlsConnect({ port: Number(new URL(tlsGw.url).port), host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    await new Promise((r) => socket.once('secureConnect', r));
+    assert.equal(socket.alpnProtocol, 'http/1.1');
+    const cut = await drip(socket);
+    t.diagnostic(`cut after ${Math.round(cut.cutAfterMs)} ms: ${cut.answer.split('\r\n')[0]}`);
+    assertCutInTime(cut, upstream);
   });
 });
