@@ -80,9 +80,13 @@ export function createGatewayServer(
     );
     h2.on('session', (session: Http2Session) => {
       sessions.add(session);
-      session.once('close', () => sessions.delete(session));
       // An idle session ends like an idle HTTP/1.1 keep-alive connection: gracefully (GOAWAY).
       session.setTimeout(options.keepAliveTimeoutMs, () => session.close());
+      const idle = idleWithoutRequests(session, options.headersTimeoutMs, options.keepAliveTimeoutMs);
+      session.once('close', () => {
+        sessions.delete(session);
+        idle.stop();
+      });
     });
     tlsServer = h2;
     server = h2 as unknown as Server;
@@ -112,6 +116,33 @@ export function createGatewayServer(
         server.close(() => resolve());
         server.closeIdleConnections();
       }),
+  };
+}
+
+/**
+ * Node has no headers deadline for HTTP/2, and its idle timeout counts bytes: a client dripping a
+ * HEADERS frame a byte at a time held its session for ever. Here a session is idle while it has
+ * no stream open, whatever frames it sends: it has CLIENT_HEADERS_TIMEOUT_MS for its first
+ * request, as an HTTP/1.1 connection has for its first head, and KEEP_ALIVE_TIMEOUT_MS between
+ * requests; then it is destroyed (a request whose headers never completed has no stream to wait for).
+ */
+function idleWithoutRequests(session: Http2Session, firstMs: number, betweenMs: number): { stop(): void } {
+  let open = 0;
+  const end = () => session.destroy();
+  let timer: NodeJS.Timeout | null = setTimeout(end, firstMs).unref();
+  session.on('stream', (stream) => {
+    open++;
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    stream.once('close', () => {
+      if (--open === 0 && !session.destroyed) timer = setTimeout(end, betweenMs).unref();
+    });
+  });
+  return {
+    stop: () => {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
   };
 }
 

@@ -4,6 +4,9 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import { connect as http2Connect } from 'node:http2';
+import { once } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import { Pool } from 'undici';
@@ -145,24 +148,47 @@ function assertCutInTime({ cutAfterMs, answer }: { cutAfterMs: number; answer: s
   assert.equal(upstream.received.length, 0);
 }
 
+/** An HTTP/2 frame: length, type, flags, stream id, payload. */
+function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(stream, 5);
+  return Buffer.concat([head, payload]);
+}
+
 describe('a slowloris client', { timeout: 60_000 }, () => {
   let upstream: TestUpstream;
+  let slow: TestUpstream;
   let gw: GatewayProcess;
   let tlsGw: TestGateway;
   let dir: string;
 
   before(async () => {
     upstream = await startUpstream();
+    slow = await startUpstream(async (_req, res) => {
+      await delay(HEADERS_TIMEOUT_MS + 1_000);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{"slow":true}');
+    });
     const routes = routesFor(upstream.url, [{ name: 'open', prefix: '/api/open', auth: 'public' }]);
     gw = await spawnGateway(routes, { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS) });
     dir = await mkdtemp(join(tmpdir(), 'gw-slowloris-'));
     const { certFile, keyFile } = await loopbackCertificate(dir);
-    tlsGw = await startTestGateway(routes, { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS), TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile, HTTP2_ENABLED: 'true' });
+    const tlsRoutes = {
+      services: { open: { instances: [upstream.url] }, slow: { instances: [slow.url] } },
+      routes: [
+        { name: 'open', prefix: '/api/open', service: 'open', auth: 'public' },
+        { name: 'slow', prefix: '/api/slow', service: 'slow', auth: 'public' },
+      ],
+    };
+    tlsGw = await startTestGateway(tlsRoutes, { CLIENT_HEADERS_TIMEOUT_MS: String(HEADERS_TIMEOUT_MS), TLS_CERT_FILE: certFile, TLS_KEY_FILE: keyFile, HTTP2_ENABLED: 'true' });
   });
   after(async () => {
     await gw?.stop();
     await tlsGw?.close();
     await upstream?.close();
+    await slow?.close();
     if (dir !== undefined) await rm(dir, { recursive: true, force: true });
   });
 
@@ -181,5 +207,45 @@ describe('a slowloris client', { timeout: 60_000 }, () => {
     const cut = await drip(socket);
     t.diagnostic(`cut after ${Math.round(cut.cutAfterMs)} ms: ${cut.answer.split('\r\n')[0]}`);
     assertCutInTime(cut, upstream);
+  });
+  it('over HTTP/2: a HEADERS frame sent a byte at a time ends its session within CLIENT_HEADERS_TIMEOUT_MS plus a second (Node has no headers deadline there, and each byte kept the session alive)', async (t) => {
+    const socket = tlsConnect({ port: Number(new URL(tlsGw.url).port), host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+    await new Promise((r) => socket.once('secureConnect', r));
+    assert.equal(socket.alpnProtocol, 'h2');
+    socket.on('data', () => undefined);
+    const started = performance.now();
+    socket.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), h2Frame(0x4, 0, 0, Buffer.alloc(0))]));
+    // GET https /api/open/x, as HPACK literals, then a header x with a 200-byte value; the frame
+    // (END_HEADERS, END_STREAM) goes out a byte every 200 ms after its first 20 bytes.
+    const path = Buffer.from('/api/open/x');
+    const block = Buffer.concat([Buffer.from([0x82, 0x87, 0x44, path.length]), path, Buffer.from([0x00, 0x01, 0x78, 0x7f, 200 - 127]), Buffer.alloc(200, 0x61)]);
+    const frame = h2Frame(0x1, 0x4 | 0x1, 1, block);
+    socket.write(frame.subarray(0, 20));
+    let sent = 20;
+    const dripping = setInterval(() => socket.writable && sent < frame.length - 1 && socket.write(frame.subarray(sent, ++sent)), 200);
+    const cutAfterMs = await new Promise<number>((resolve) => {
+      socket.once('close', () => resolve(performance.now() - started));
+      setTimeout(() => socket.destroy(), 15_000).unref();
+    });
+    clearInterval(dripping);
+    t.diagnostic(`cut after ${Math.round(cutAfterMs)} ms, ${sent} of the frame's ${frame.length} bytes sent`);
+    assert.ok(cutAfterMs >= HEADERS_TIMEOUT_MS - 50, `cut after ${cutAfterMs} ms, before the timeout`);
+    assert.ok(cutAfterMs < HEADERS_TIMEOUT_MS + 1_000 + 1_500, `cut after ${Math.round(cutAfterMs)} ms`);
+    assert.equal(upstream.received.length, 0);
+  });
+
+  it('over HTTP/2: a session whose request waits longer than CLIENT_HEADERS_TIMEOUT_MS for its answer is not cut', async () => {
+    const session = http2Connect(`https://127.0.0.1:${new URL(tlsGw.url).port}`, { rejectUnauthorized: false });
+    try {
+      const stream = session.request({ ':method': 'GET', ':path': '/api/slow/x' }, { endStream: true });
+      const [headers] = (await once(stream, 'response')) as [Record<string, string | number>];
+      let body = '';
+      stream.setEncoding('utf8').on('data', (d: string) => (body += d));
+      await once(stream, 'end');
+      assert.equal(headers[':status'], 200);
+      assert.deepEqual(JSON.parse(body), { slow: true });
+    } finally {
+      session.close();
+    }
   });
 });
