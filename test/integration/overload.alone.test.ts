@@ -98,7 +98,10 @@ describe('a slow upstream under a storm of clients', { timeout: 180_000 }, () =>
         { name: 'chart', prefix: '/api/chart', service: 'charts', phi: true },
       ],
     };
-    const env = { REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: '100', HEALTH_CACHE_MS: '0', LOG_LEVEL: 'INFO', RATE_LIMIT_PER_MINUTE: '1000000', RATE_LIMIT_PER_ADDRESS_PER_MINUTE: '1000000' };
+    // The command timeout leaves room for a redis-server merely slow to get the CPU on a busy
+    // machine (two hogs and five processes on two cores); loop stalls taken for a Redis outage
+    // are tested on their own in stalls.test.ts.
+    const env = { REDIS_URL: redis.url, REDIS_COMMAND_TIMEOUT_MS: '250', HEALTH_CACHE_MS: '0', LOG_LEVEL: 'INFO', RATE_LIMIT_PER_MINUTE: '1000000', RATE_LIMIT_PER_ADDRESS_PER_MINUTE: '1000000' };
     [gw, twin] = await Promise.all([spawnGateway(routes, env), spawnGateway(routes, env)]);
     await Promise.all([untilDatabase(gw.url, 'healthy'), untilDatabase(twin.url, 'healthy')]);
   });
@@ -142,7 +145,8 @@ describe('a slow upstream under a storm of clients', { timeout: 180_000 }, () =>
       for (const status of Object.keys(stormCounts)) assert.ok(['502', '503', '504'].includes(status), `storm answers ${JSON.stringify(stormCounts)}`);
       assert.ok(metric(after, 'api_gateway_upstream_shed_total{service="reports",reason="full"}') >= 200, 'refused at the door');
       assert.equal(metric(after, 'api_gateway_upstream_shed_total{service="charts",reason="full"}'), 0);
-      assert.ok(!gw.stdout().includes('redis unreachable'), 'no Redis outage was reported');
+      const outage = gw.stdout().split('\n').filter((l) => l.includes('redis unreachable'));
+      assert.deepEqual(outage.slice(0, 3), [], 'no Redis outage was reported');
       assert.ok(p99(during!.latencies) <= 2 * p99(baseline!.latencies), `p99 ${ms(during!.latencies)} during the storm, ${ms(baseline!.latencies)} on its twin spared it`);
     } finally {
       await Promise.all(pools.map((pool) => pool.close()));
