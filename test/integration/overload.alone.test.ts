@@ -122,8 +122,21 @@ describe('a slow upstream under a storm of clients', { timeout: 180_000 }, () =>
 
       const stormDone = new Promise<void>((resolve) => storm.once('close', () => resolve()));
       storm.stdin!.end(`${JSON.stringify({ gateway: gw.url, path: '/api/reports/x', clients: STORM_CLIENTS, durationMs: STORM_MS, token: await signToken({ sub: `storm-clients-${process.pid}` }) })}\n`);
-      // The storm is on once the slow service holds its requests; its first deadline wave follows.
-      await until('the slow service to hold the storm\'s requests', 10_000, async () => (metric(await metricsText(gw.url), 'api_gateway_upstream_active_requests{service="reports"}') >= 200 ? true : undefined), 20);
+      // The storm is on once the slow service holds its requests and the door has refused the
+      // rest of its first burst (500 connections opened in the same moment: a one-off of a few
+      // hundred milliseconds, the accepting of sockets). Its deadline waves, the refusals of the
+      // clients coming back and everything after are measured.
+      await until(
+        'the slow service to hold the storm\'s requests and the door to refuse the rest',
+        10_000,
+        async () => {
+          const text = await metricsText(gw.url);
+          const held = metric(text, 'api_gateway_upstream_active_requests{service="reports"}');
+          const refused = metric(text, 'api_gateway_upstream_shed_total{service="reports",reason="full"}');
+          return held >= 200 && held + refused >= STORM_CLIENTS ? true : undefined;
+        },
+        20,
+      );
       // From here the load generator yields the CPU to the gateways, as clients on other machines
       // would (on a 2-core machine it would otherwise measure the generator).
       setPriority(storm.pid!, 19);
