@@ -1,4 +1,5 @@
 import type { LoopLag } from '../observability/loop-lag.js';
+import { RETRY_AFTER_SPREAD } from '../upstream/retry-after.js';
 import type { UpstreamService } from '../upstream/service.js';
 import { PASS, stage, type Refusal, type RouteStage } from './exchange.js';
 import { hasBody } from './read-body.js';
@@ -15,13 +16,9 @@ interface ShedRoute {
   readonly websocket?: unknown;
 }
 
-/**
- * Retry-After of the refusals, taken in turn: clients refused together (a storm) come back spread
- * over three seconds rather than all in the same one.
- */
-const SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
+const SPREAD = RETRY_AFTER_SPREAD;
 /** The same, for a request whose body is still coming: left unread, so the connection is closed with the answer. */
-const SPREAD_CLOSE = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds), connection: 'close' }));
+const SPREAD_CLOSE = SPREAD.map((headers) => Object.freeze({ ...headers, connection: 'close' }));
 
 /**
  * Stage, the first of every proxied route: refuses (503 with Retry-After) what the route's service

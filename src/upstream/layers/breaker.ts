@@ -1,5 +1,6 @@
 import { Decorator, type UpstreamHandler, type UpstreamLayer } from '../call.js';
 import { GatewayRefusal } from '../failures.js';
+import { RETRY_AFTER_SPREAD } from '../retry-after.js';
 import type { UpstreamService } from '../service.js';
 
 type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
@@ -22,8 +23,6 @@ class Release extends Decorator {
   }
 }
 
-/** Retry-After of the refusals, taken in turn: clients refused together come back over three seconds. */
-const SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
 let turn = 0;
 
 /**
@@ -35,7 +34,7 @@ export const breaker: UpstreamLayer = (next) => (call, handler) => {
   const service = call.service;
   if (service.active >= service.maxActive) {
     service.overflows++;
-    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, SPREAD[(turn = (turn + 1) % SPREAD.length)]));
+    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, RETRY_AFTER_SPREAD[(turn = (turn + 1) % RETRY_AFTER_SPREAD.length)]));
     return;
   }
   service.active++;
