@@ -15,6 +15,7 @@ import { Tracing, tracingConfigured } from './observability/tracing.js';
 import { AccessControl } from './stores/failover-access-store.js';
 import { MemoryAccessStore } from './stores/memory-access-store.js';
 import { RedisAccessStore } from './stores/redis-access-store.js';
+import { within } from './stores/command-deadline.js';
 import { createRedisClient } from './stores/redis-client.js';
 import { ClusterPipe } from './stores/cluster-pipe.js';
 import { pipeTarget, redisConnectionOf, type RedisConnection } from './stores/redis-connection.js';
@@ -27,6 +28,9 @@ import { workerMetrics } from './workers.js';
 
 /** How often the health checks run by themselves, for the dependency gauges. */
 const HEALTH_REFRESH_MS = 15_000;
+
+/** A Redis reply this late means a stuck server, not a slow answer. */
+const stuckAfter = (commandTimeoutMs: number) => Math.max(1_000, 10 * commandTimeoutMs);
 
 /** The command timeout of the connection that hears revocation announcements. */
 const SUBSCRIBER_TIMEOUT_MS = 5_000;
@@ -146,7 +150,8 @@ function openHealth(
   return new HealthMonitor({
     version: VERSION,
     authServiceUrl: env.AUTH_SERVICE_URL,
-    redisPing: d.redis ? () => d.redis!.ping() : null,
+    // Judged as the request path's commands are: a stalled loop is not a Redis outage.
+    redisPing: d.redis ? () => within(d.redis!.ping(), env.REDIS_COMMAND_TIMEOUT_MS) : null,
     redisState: () => d.pipe?.state() ?? null,
     announcements: () => d.accessControl.announcements,
     sharedStoreDegraded: () => d.accessControl.degraded,
@@ -187,11 +192,14 @@ function openStores(
 
 /** The shared store on Redis: a general client, and the request path's pipe (one per primary of a cluster). */
 export function openRedisStore(connection: RedisConnection, timeoutMs: number, logger: Logger): { redis: Redis | Cluster; pipe: RespPipe | ClusterPipe; store: RedisAccessStore } {
-  const redis = createRedisClient(connection, timeoutMs, logger);
+  // Its calls are timed by `within` (command-deadline.ts), from their write and with the I/O phase
+  // read first; its own timeout, counted from the call, is only a backstop, as the pipe's
+  // stuckAfterMs is.
+  const redis = createRedisClient(connection, stuckAfter(timeoutMs), logger);
   // The per-request scripts on a lean connection of their own; a reply this late means a stuck server.
   const pipeOptions = {
     connectTimeoutMs: 1_000,
-    stuckAfterMs: Math.max(1_000, 10 * timeoutMs),
+    stuckAfterMs: stuckAfter(timeoutMs),
     onProblem: (problem: string) => logger.warn({ problem }, 'redis (request path connection)'),
   };
   const pipe =

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import { REVOCATION_CHANNEL, REVOKED, type AccessAnswer, type AccessQuery, type CountMode, type Revocation, type SharedAccessStore, type TokenFacts } from './access-store.js';
+import { within } from './command-deadline.js';
 import type { MemoryAccessStore } from './memory-access-store.js';
 import { parseRevocation } from './redis-access-store.js';
 import type { RateLimitDecision } from './rate-limit-store.js';
@@ -18,58 +19,17 @@ const SUBSCRIBE_RETRY_MS = 1_000;
 const EPOCH_TIMEOUT_MS = 5_000;
 const RESYNC_PAUSE_MS = 500;
 
-/** The shared store did not answer within REDIS_COMMAND_TIMEOUT_MS. */
-class StoreTimeout extends Error {}
-
-/**
- * `work`, or a StoreTimeout once `ms` have passed since the call: however long the client keeps a
- * command queued (behind an auto-pipelined batch waiting out its own timeout, say), the request
- * waits no longer than this.
- */
-function within<T>(work: Promise<T>, ms: number): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let settled = false;
-    // The error is built only when the time is up: capturing a stack on every call cost 7% of
-    // the deployed pipeline's CPU (BENCHMARKS.md).
-    const timer = setTimeout(lateOrLost, ms, () => {
-      if (!settled) reject(new StoreTimeout(`no answer within ${ms} ms`));
-    });
-    work.then(
-      (value) => {
-        settled = true;
-        clearTimeout(timer);
-        resolve(value);
-      },
-      (err: unknown) => {
-        settled = true;
-        clearTimeout(timer);
-        reject(err);
-      },
-    );
-  });
-}
-
-/**
- * A timer that fires late because the event loop was busy (a burst of work, a long collection)
- * runs before the sockets are read in that turn: the reply may be waiting in the socket already.
- * The verdict waits for the I/O phase of this turn (setImmediate runs right after it), so that a
- * reply that arrived in time is taken as an answer, not counted as a timeout and a Redis outage.
- */
-function lateOrLost(verdict: () => void): void {
-  setImmediate(verdict);
-}
-
 /**
  * The shared store (Redis) with a per-process fallback. Every call waits at most the command
- * timeout, measured from the call. While Redis fails, each process limits on its own, carrying on
- * from the count Redis last gave it for the key (a key it never had an answer for starts a full
- * budget): N processes admit at most N x what was left of a budget, never N fresh budgets of L
- * for a user they have served. Revocations are checked against the mirror: every revocation this
- * process made or heard announced before the outage. A request that cannot accept that
- * gets `UNAVAILABLE` instead: a PHI route with a token (the spec fails closed where PHI is at
- * stake) and a route whose rate limit fails closed. Redis is tried on every request, so the
- * gateway goes back to it by itself as soon as it answers; its client never queues commands
- * while disconnected, so a failed attempt costs no waiting.
+ * timeout, measured from when the command was written (command-deadline.ts). While Redis fails,
+ * each process limits on its own, carrying on from the count Redis last gave it for the key (a
+ * key it never had an answer for starts a full budget): N processes admit at most N x what was
+ * left of a budget, never N fresh budgets of L for a user they have served. Revocations are
+ * checked against the mirror: every revocation this process made or heard announced before the
+ * outage. A request that cannot accept that gets `UNAVAILABLE` instead: a PHI route with a token
+ * (the spec fails closed where PHI is at stake) and a route whose rate limit fails closed. Redis
+ * is tried on every request, so the gateway goes back to it by itself as soon as it answers; its
+ * client never queues commands while disconnected, so a failed attempt costs no waiting.
  */
 export class AccessControl {
   private failing = false;
@@ -275,7 +235,7 @@ export class AccessControl {
   /** Best effort: a session missing from the cache is validated again, never trusted. */
   cacheSession(sessionId: string, userId: string, ttlSeconds: number): void {
     this.local.cacheSessionNow(sessionId, userId, ttlSeconds);
-    this.shared?.cacheSession(sessionId, userId, ttlSeconds).catch((err: unknown) => this.failed(err));
+    if (this.shared !== null) within(this.shared.cacheSession(sessionId, userId, ttlSeconds), this.timeoutMs).catch((err: unknown) => this.failed(err));
   }
 
   /**

@@ -56,13 +56,7 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
     await redis?.stop();
   });
 
-  it(
-    'PHI requests in flight across five 600 ms stalls (the process frozen) all pass: replies that arrived during a stall are answers, not timeouts',
-    {
-      todo:
-        'known gap: a few requests in some runs (1 to 14 of 300) fail closed with 503 GW_AUTH_UNAVAILABLE after a stall; the likely cause, a command whose write the stall delayed being timed from when it was queued rather than written, is not yet confirmed',
-    },
-    async (t) => {
+  it('PHI requests in flight across five 600 ms stalls (the process frozen) all pass: replies that arrived during a stall are answers, not timeouts', async (t) => {
     const token = await signToken({ sub: `stall-${process.pid}` });
     const pool = new Pool(gw.url, { connections: 16 });
     const statuses = new Map<string, number>();
@@ -93,8 +87,7 @@ describe('an event loop stalled while Redis answers', { timeout: 90_000 }, () =>
     t.diagnostic(`answers: ${JSON.stringify(Object.fromEntries(statuses))}`);
     assert.deepEqual([...statuses.keys()], ['200'], 'every PHI request passed');
     assert.ok(!gw.stdout().includes('redis unreachable'), 'no Redis outage was reported');
-  },
-  );
+  });
 });
 
 describe('the revocation subscription', { timeout: 60_000 }, () => {
