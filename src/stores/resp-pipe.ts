@@ -45,6 +45,7 @@ interface Pending {
   cb: Callback;
   /** The script to send in full if Redis answers NOSCRIPT to its hash. */
   retry: { script: LuaScript; rest: string; argc: number; asking: boolean } | null;
+  /** When its write left (Infinity until then): a stall between the call and the write is not Redis's time. */
   sentAt: number;
 }
 
@@ -118,6 +119,8 @@ export class RespPipe {
   private closed = false;
   private queue: Pending[] = [];
   private head = 0;
+  /** The first entry of `queue` whose command is still in `out`, not yet written. */
+  private unsent = 0;
   private out = '';
   private flushScheduled = false;
   private rest: Buffer | null = null;
@@ -226,7 +229,7 @@ export class RespPipe {
   private send(command: string, cb: Callback, retry: Pending['retry'], onRefused: (err: Error) => void = (err) => cb(err, null)): void {
     if (!this.ready) return onRefused(new Error('redis is not connected'));
     if (this.queue.length - this.head >= this.maxPending) return onRefused(new Error(`${this.maxPending} redis commands are waiting for a reply`));
-    this.queue.push({ cb, retry, sentAt: performance.now() });
+    this.queue.push({ cb, retry, sentAt: Infinity });
     this.out += command;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -240,6 +243,9 @@ export class RespPipe {
     if (this.out === '' || this.socket === null) return;
     this.socket.write(this.out);
     this.out = '';
+    const now = performance.now();
+    for (let k = this.unsent; k < this.queue.length; k++) this.queue[k]!.sentAt = now;
+    this.unsent = this.queue.length;
   }
 
   private open(): void {
@@ -300,6 +306,7 @@ export class RespPipe {
       }
     };
     for (let k = 0; k < steps.length; k++) this.queue.push({ cb: step, retry: null, sentAt: performance.now() });
+    this.unsent = this.queue.length;
     socket.write(steps.join(''));
   }
 
@@ -327,6 +334,7 @@ export class RespPipe {
     this.queue[this.head++] = undefined as never;
     if (this.head > 1024 && this.head * 2 > this.queue.length) {
       this.queue = this.queue.slice(this.head);
+      this.unsent -= this.head;
       this.head = 0;
     }
     if (reply instanceof RespError) {
@@ -385,6 +393,7 @@ export class RespPipe {
     const waiting = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;
+    this.unsent = 0;
     for (const p of waiting) p.cb(err, null);
   }
 }

@@ -5,6 +5,7 @@ import { Redis } from 'ioredis';
 import { StoreTimeout, within } from '../../src/stores/command-deadline.js';
 import { RespPipe, targetOf } from '../../src/stores/resp-pipe.js';
 import { startRedis, type TestRedis } from '../helpers/redis.js';
+import { stallEventLoop as stall } from '../helpers/stall.js';
 
 /**
  * The Redis command timeout against a real Redis, with the event loop stalled on purpose (a
@@ -14,12 +15,6 @@ import { startRedis, type TestRedis } from '../helpers/redis.js';
 
 const TIMEOUT_MS = 30;
 const STALL_MS = 150;
-
-/** The event loop held, as a stall holds it: no timer, no socket read, no immediate runs. */
-function stall(ms: number): void {
-  const end = performance.now() + ms;
-  while (performance.now() < end);
-}
 
 describe('the Redis command timeout across event-loop stalls (command-deadline)', () => {
   let redis: TestRedis;

@@ -4,6 +4,7 @@ import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 import { RespPipe, targetOf, type LuaScript, type RespPipeOptions } from '../../src/stores/resp-pipe.js';
 import { inspectRedis, startRedis, type TestRedis } from '../helpers/redis.js';
+import { stallEventLoop } from '../helpers/stall.js';
 
 const script = (body: string): LuaScript => ({ body, sha: createHash('sha1').update(body).digest('hex') });
 /** Echoes its key and argument, and counts its calls in Redis. */
@@ -81,6 +82,17 @@ describe('the request-path Redis connection (resp-pipe)', () => {
     });
     await withPipe(redis.url, { connectTimeoutMs: 1_000 }, async (pipe) => {
       assert.deepEqual(await pipe.run(ECHO, ['k'], ['v', '5']), ['k', 'v', 5, null]);
+    });
+  });
+
+  it('a stalled event loop is not a stuck server: a command the stall kept from leaving is timed from its write, and answered', async () => {
+    await withPipe(redis.url, { connectTimeoutMs: 500, stuckAfterMs: 100 }, async (pipe) => {
+      for (let round = 0; round < 3; round++) {
+        const answer = pipe.run(ECHO, ['k'], ['v', String(round)]);
+        // The watchdog falls due during the stall; the command is written only after it.
+        stallEventLoop(400);
+        assert.deepEqual(await answer, ['k', 'v', round, null], `round ${round}`);
+      }
     });
   });
 });
