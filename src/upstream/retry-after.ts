@@ -4,3 +4,11 @@
  * same one.
  */
 export const RETRY_AFTER_SPREAD = [1, 2, 3].map((seconds) => Object.freeze({ 'retry-after': String(seconds) }));
+
+let turn = 0;
+
+/** The index into RETRY_AFTER_SPREAD (or a list built alike) of the next refusal. */
+export function nextRetryAfterTurn(): number {
+  turn = (turn + 1) % RETRY_AFTER_SPREAD.length;
+  return turn;
+}

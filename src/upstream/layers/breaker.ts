@@ -1,6 +1,6 @@
 import { Decorator, type UpstreamHandler, type UpstreamLayer } from '../call.js';
 import { GatewayRefusal } from '../failures.js';
-import { RETRY_AFTER_SPREAD } from '../retry-after.js';
+import { nextRetryAfterTurn, RETRY_AFTER_SPREAD } from '../retry-after.js';
 import type { UpstreamService } from '../service.js';
 
 type Controller = Parameters<UpstreamHandler['onResponseError']>[0];
@@ -23,8 +23,6 @@ class Release extends Decorator {
   }
 }
 
-let turn = 0;
-
 /**
  * The circuit breaker: a service holds at most `maxConcurrentRequests` calls in flight or queued,
  * across its instances; past that, 503 at once, so that a slow service cannot pile up requests
@@ -34,7 +32,7 @@ export const breaker: UpstreamLayer = (next) => (call, handler) => {
   const service = call.service;
   if (service.active >= service.maxActive) {
     service.overflows++;
-    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, RETRY_AFTER_SPREAD[(turn = (turn + 1) % RETRY_AFTER_SPREAD.length)]));
+    handler.onResponseError(null, new GatewayRefusal('GW_UPSTREAM_OVERLOADED', `the ${service.name} service has ${service.maxActive} requests in flight; retry shortly`, RETRY_AFTER_SPREAD[nextRetryAfterTurn()]));
     return;
   }
   service.active++;
